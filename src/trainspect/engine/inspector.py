@@ -1,0 +1,607 @@
+"""The inspector: attaches to a training loop and runs instruments, checks and sinks on each step.
+
+One step, as data (see ``docs/design.md``):
+
+1. **plan** (``with inspector.step(...)`` entered): ask each instrument's schedule whether it is due, collect
+   the providers they need, arm only those (nothing due → nothing armed → near-zero cost);
+2. **capture**: the user's forward and backward run; armed hooks record what providers need;
+3. **gradient phase** (block exit, or the optimizer's pre-step hook if that comes first): instruments that
+   need θ_t and the gradients compute; providers that need θ_t before the update take it;
+4. **update phase** (optimizer post-step hook): instruments that need θ_{t+1} compute;
+5. **finish**: values become NumPy, checks observe them, sinks (store, terminal) write them.
+
+Nothing here may break the user's training: an instrument, provider or check that raises is recorded once
+with its traceback, disabled, and training continues.
+"""
+
+from __future__ import annotations
+
+import platform
+import sys
+import time
+import traceback as tb
+import warnings
+from collections.abc import Callable, Iterable, Mapping
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from trainspect.checks import CHECKS, Check, Finding, FindingsBook
+from trainspect.configurations import resolve_instruments
+from trainspect.engine.context import NotAvailable, StepContext
+from trainspect.engine.record import HistogramValue, Sink, StepRecord
+from trainspect.engine.schedules import ScheduleLike
+from trainspect.engine.values import Histogram, Histogram2d, SeriesInfo, to_numpy
+from trainspect.instruments import Instrument
+from trainspect.providers import PROVIDERS, Provider
+
+_REDUCTIONS = ("mean", "sum")
+
+
+class _StepScope:
+    """The ``with inspector.step(inputs, targets) as step:`` block."""
+
+    def __init__(self, inspector: Inspector, inputs: Any, targets: Any):
+        self.inspector = inspector
+        self.inputs = inputs
+        self.targets = targets
+        self.ctx: StepContext | None = None
+
+    def __enter__(self) -> _StepScope:
+        self.ctx = self.inspector._begin(self.inputs, self.targets)
+        return self
+
+    def __exit__(self, exc_type: Any, exc: Any, traceback: Any) -> None:
+        self.inspector._end_block(failed=exc_type is not None)
+
+    @property
+    def step(self) -> int:
+        return self.ctx.step if self.ctx is not None else -1
+
+    @property
+    def loss(self) -> torch.Tensor | None:
+        return None if self.ctx is None else self.ctx.loss
+
+    @loss.setter
+    def loss(self, value: torch.Tensor) -> None:
+        """Tell the inspector the step's loss (needed when the loss is a plain function, not a module)."""
+        self.inspector._set_loss(value)
+
+
+class Inspector:
+    """A debugger attached to one training loop. Create it with :func:`trainspect.attach`.
+
+    Args:
+        model: the model being trained (not wrapped or modified; hooks are added only on due steps).
+        optimizer: any ``torch.optim.Optimizer``; its step hooks let instruments see the update.
+        loss_fn: the loss; an ``nn.Module`` loss is observed automatically (value, reduction, inputs),
+            a plain function needs ``step.loss = loss`` or calling ``inspector.loss_fn(output, target)``.
+        run_dir: the run folder (the store ``trainspect.db`` goes there); None: ``runs/<time>-<model>``.
+        instruments: a configuration name (``"default"``, ``"cheap"``, ...), a list of names or instances,
+            or ``{name: schedule}``.
+        schedule: overrides every instrument's schedule (positive int interval or callable step -> bool).
+        checks: ``"default"`` (every registered check), ``None``/``[]``, or a list of names or instances.
+        loss_reduction: ``"mean"`` or ``"sum"`` for a plain-function loss (read from a module loss).
+        progress: ``"auto"`` (live terminal panel if stdout is a terminal), ``True`` or ``False``.
+        total_steps: expected number of steps, for the progress bar's ETA.
+        overwrite: replace a run already in ``run_dir``.
+        store: write the run store (False: nothing written, e.g. on non-zero ranks).
+        sinks: further sinks (e.g. TensorBoard).
+        config: user hyper-parameters to record with the run.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer | None = None,
+        loss_fn: Callable[..., torch.Tensor] | None = None,
+        *,
+        run_dir: str | Path | None = None,
+        instruments: str | Iterable[Any] | Mapping[str, ScheduleLike] | None = "default",
+        schedule: ScheduleLike = None,
+        checks: str | Iterable[Any] | None = "default",
+        loss_reduction: str | None = None,
+        progress: bool | str = "auto",
+        total_steps: int | None = None,
+        overwrite: bool = False,
+        store: bool = True,
+        sinks: Iterable[Sink] = (),
+        config: Mapping[str, Any] | None = None,
+        name: str | None = None,
+    ):
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"trainspect.attach: model must be a torch.nn.Module, got {type(model).__name__}")
+        if optimizer is not None and not isinstance(optimizer, torch.optim.Optimizer):
+            raise TypeError(
+                f"trainspect.attach: optimizer must be a torch.optim.Optimizer or None, got {type(optimizer).__name__}"
+            )
+        if loss_fn is not None and not callable(loss_fn):
+            raise TypeError(f"trainspect.attach: loss_fn must be callable, got {type(loss_fn).__name__}")
+        self.model = model
+        self.optimizer = optimizer
+        self._user_loss_fn = loss_fn
+        self.name = name
+
+        # -- tracked parameters: trainable ones, each once (tied weights are one tensor) -------------
+        module_of: dict[int, tuple[str, nn.Module]] = {}
+        for mod_name, module in model.named_modules():
+            for p in module.parameters(recurse=False):
+                module_of.setdefault(id(p), (mod_name, module))
+        self.params: list[nn.Parameter] = []
+        self.param_names: list[str] = []
+        self.layers: list[dict[str, Any]] = []
+        for pname, p in model.named_parameters():
+            if not p.requires_grad:
+                continue
+            mod_name, module = module_of.get(id(p), ("", model))
+            self.params.append(p)
+            self.param_names.append(pname)
+            self.layers.append(
+                {"name": pname, "module": mod_name, "module_class": type(module).__name__,
+                 "shape": list(p.shape), "numel": p.numel()}
+            )
+        if not self.params:
+            raise ValueError(
+                f"trainspect.attach: the model {type(model).__name__} has no trainable parameters "
+                "(none with requires_grad=True); there is nothing to inspect"
+            )
+
+        # -- loss reduction ------------------------------------------------------------------------------
+        reduction = loss_reduction
+        if reduction is None:
+            reduction = getattr(loss_fn, "reduction", "mean") if isinstance(loss_fn, nn.Module) else "mean"
+        if reduction not in _REDUCTIONS:
+            raise ValueError(
+                f"trainspect.attach: loss reduction must be 'mean' or 'sum', got {reduction!r}; a loss with "
+                "reduction='none' is not a scalar: reduce it (mean or sum) before backward"
+            )
+        self.loss_reduction: str = reduction
+
+        # -- instruments, providers, checks ---------------------------------------------------------
+        self.instruments: list[Instrument] = resolve_instruments(instruments, schedule)
+        self.checks: list[Check] = self._resolve_checks(checks)
+        have = {i.name for i in self.instruments}
+        for check in self.checks:
+            for inst_name, sched in check.instruments.items():
+                if inst_name not in have:
+                    self.instruments.extend(resolve_instruments({inst_name: sched}))
+                    have.add(inst_name)
+        self._providers: dict[str, Provider] = {}
+        self._disabled: set[str] = set()
+        self._series_seen: set[str] = set()
+        self.findings = FindingsBook()
+        self.errors: list[dict[str, Any]] = []
+
+        # -- sinks -----------------------------------------------------------------------------------
+        self.sinks: list[Sink] = []
+        self.store = None
+        self.run_dir: Path | None = None
+        if store:
+            from trainspect.store.writer import StoreWriter
+
+            if run_dir is None:
+                stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+                run_dir = Path("runs") / f"{stamp}-{type(model).__name__.lower()}"
+            self.store = StoreWriter(run_dir, overwrite=overwrite)
+            self.run_dir = self.store.run_dir
+            self.sinks.append(self.store)
+        self.sinks.extend(sinks)
+        from trainspect.views.terminal import TerminalView
+
+        self.terminal = TerminalView(progress=progress, total_steps=total_steps, run_dir=self.run_dir)
+        self.sinks.append(self.terminal)
+
+        self.meta = self._run_meta(config)
+        for sink in self.sinks:
+            self._safe(sink.open, self.meta, self.layers, source=f"sink:{type(sink).__name__}")
+
+        # -- state and hooks -------------------------------------------------------------------------
+        self._step = 0
+        self._ctx: StepContext | None = None  # step whose `with` block is open
+        self._pending: StepContext | None = None  # block closed, waiting for optimizer.step()
+        self._closed = False
+        self._handles: list[Any] = []
+        if isinstance(loss_fn, nn.Module):
+            self._handles.append(loss_fn.register_forward_hook(self._on_loss_forward))
+        if optimizer is not None:
+            self._handles.append(optimizer.register_step_pre_hook(self._on_optimizer_pre))
+            self._handles.append(optimizer.register_step_post_hook(self._on_optimizer_post))
+        # providers with state from step 0 (e.g. the initial parameters) are created now
+        for name in self._required_providers(self.instruments):
+            self.provider(name)
+
+    # ------------------------------------------------------------------------------------------------
+    # public API
+    # ------------------------------------------------------------------------------------------------
+    def step(self, inputs: Any = None, targets: Any = None) -> _StepScope:
+        """Wrap one training step's forward and backward: ``with inspector.step(x, y): ...``."""
+        return _StepScope(self, inputs, targets)
+
+    def loss_fn(self, *args: Any, **kwargs: Any) -> torch.Tensor:
+        """Call the loss function given to ``attach`` and record its value for the current step."""
+        if self._user_loss_fn is None:
+            raise RuntimeError("inspector.loss_fn: no loss_fn was given to trainspect.attach")
+        loss = self._user_loss_fn(*args, **kwargs)
+        if not isinstance(self._user_loss_fn, nn.Module):  # a module loss is seen by its forward hook
+            self._set_loss(loss, args)
+        return loss
+
+    @property
+    def global_step(self) -> int:
+        """The index of the next step to be recorded."""
+        return self._step
+
+    def log(self, step: int | None = None, **values: float) -> None:
+        """Record user metrics (e.g. ``val_accuracy=0.93``) as scalar series at ``step`` (default: last step)."""
+        if not values:
+            return
+        step = max(self._step - 1, 0) if step is None else step
+        record = StepRecord(step, time.time(), 0.0, 0.0, False)
+        for key, value in values.items():
+            if key not in self._series_seen:
+                self._series_seen.add(key)
+                record.new_series.append(
+                    ("user", SeriesInfo(key, "scalar", f"user metric {key}", group="performance"))
+                )
+            record.scalars[key] = float(value)
+        for sink in self.sinks:
+            self._safe(sink.write_user_values, record, source=f"sink:{type(sink).__name__}")
+        for check in self.checks:
+            if hasattr(check, "observe_user_values"):
+                self._safe(check.observe_user_values, record, source=f"check:{check.name}")
+
+    def add_finding(self, finding: Finding, step: int | None = None) -> Finding:
+        """Record a finding (from a check, preflight or the user); announced once per (code, location)."""
+        step = self._step if step is None else step
+        kept, new = self.findings.add(finding, step)
+        for sink in self.sinks:
+            self._safe(sink.write_finding, kept, new=new, source=f"sink:{type(sink).__name__}")
+        return kept
+
+    def provider(self, name: str) -> Provider:
+        """The run's instance of provider ``name`` (created on first use)."""
+        inst = self._providers.get(name)
+        if inst is None:
+            cls = PROVIDERS.get(name)
+            if cls is None:
+                raise KeyError(f"unknown provider {name!r}; known: {', '.join(sorted(PROVIDERS))}")
+            inst = self._providers[name] = cls(self)
+        return inst
+
+    def close(self) -> None:
+        """Finish the last step, write the end of the run, print the findings summary."""
+        if self._closed:
+            return
+        if self._pending is not None:
+            self._finish(self._pending)
+        self._closed = True
+        for h in self._handles:
+            h.remove()
+        self._handles.clear()
+        for p in self._providers.values():
+            self._safe(p.close, source=f"provider:{p.name}")
+        end = {"end_time": datetime.now(timezone.utc).isoformat(), "status": "finished", "steps": self._step}
+        for sink in self.sinks:
+            self._safe(sink.write_meta, end, source=f"sink:{type(sink).__name__}")
+        self._safe(self.terminal.summary, self, source="sink:TerminalView")
+        for sink in self.sinks:
+            self._safe(sink.close, source=f"sink:{type(sink).__name__}")
+
+    def __enter__(self) -> Inspector:
+        return self
+
+    def __exit__(self, *_: Any) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------------------------------------
+    # the step
+    # ------------------------------------------------------------------------------------------------
+    def _begin(self, inputs: Any, targets: Any) -> StepContext:
+        if self._closed:
+            raise RuntimeError("this inspector was closed; attach a new one")
+        if self._ctx is not None:
+            raise RuntimeError("inspector.step(...) blocks cannot be nested")
+        t0 = time.perf_counter()
+        if self._pending is not None:  # the previous step never reached optimizer.step()
+            self._finish(self._pending)
+        ctx = StepContext(self, self._step, inputs, targets)
+        ctx.due_instruments = [
+            i for i in self.instruments if i.name not in self._disabled and self._is_due(i, ctx.step)
+        ]
+        ctx.needed_providers = self._required_providers(ctx.due_instruments)
+        for name in ctx.needed_providers:
+            self._safe(self.provider(name).arm, ctx, source=f"provider:{name}")
+        self._ctx = ctx
+        ctx.t_enter = time.perf_counter()
+        ctx.overhead_seconds += ctx.t_enter - t0
+        return ctx
+
+    def _end_block(self, *, failed: bool) -> None:
+        ctx = self._ctx
+        if ctx is None:
+            return
+        t0 = time.perf_counter()
+        ctx.user_seconds += t0 - ctx.t_enter
+        self._ctx = None
+        if failed:  # the user's step raised: drop it without recording, never mask their exception
+            self._disarm(ctx)
+            ctx.release()
+            return
+        if ctx.phase == "forward":
+            self._gradient_phase(ctx)
+        if ctx.optimizer_stepped or self.optimizer is None:
+            self._finish(ctx, t0)
+        else:
+            self._pending = ctx
+            ctx.overhead_seconds += time.perf_counter() - t0
+
+    def _gradient_phase(self, ctx: StepContext) -> None:
+        self._disarm(ctx)
+        ctx.phase = "gradients"
+        self._run_instruments(ctx, [i for i in ctx.due_instruments if not i.after_update])
+
+    def _on_optimizer_pre(self, optimizer: Any, args: Any, kwargs: Any) -> None:
+        ctx = self._ctx or self._pending
+        if ctx is None or ctx.optimizer_stepped:
+            return
+        t0 = time.perf_counter()
+        if ctx is self._ctx:  # optimizer.step() inside the block
+            ctx.user_seconds += t0 - ctx.t_enter
+        if ctx.phase == "forward":
+            self._gradient_phase(ctx)
+        if any(i.after_update for i in ctx.due_instruments):
+            for name in ctx.needed_providers:
+                self._safe(self.provider(name).before_update, ctx, source=f"provider:{name}")
+        ctx.t_optimizer = time.perf_counter()
+        ctx.overhead_seconds += ctx.t_optimizer - t0
+
+    def _on_optimizer_post(self, optimizer: Any, args: Any, kwargs: Any) -> None:
+        ctx = self._ctx or self._pending
+        if ctx is None or ctx.optimizer_stepped or ctx.t_optimizer is None:
+            return
+        t0 = time.perf_counter()
+        ctx.user_seconds += t0 - ctx.t_optimizer
+        ctx.optimizer_stepped = True
+        if ctx is self._ctx:  # still inside the block: finish at its exit
+            ctx.t_enter = t0
+            return
+        self._pending = None
+        self._finish(ctx, t0)
+
+    def _finish(self, ctx: StepContext, t0: float | None = None) -> None:
+        t0 = time.perf_counter() if t0 is None else t0
+        self._pending = None
+        ctx.phase = "update"
+        try:
+            self._run_instruments(ctx, [i for i in ctx.due_instruments if i.after_update])
+            record = self._record(ctx)
+            for check in self.checks:
+                if check.name in self._disabled:
+                    continue
+                try:
+                    for finding in check.observe(record, ctx) or ():
+                        self.add_finding(finding, ctx.step)
+                except Exception as error:
+                    self._fail(f"check:{check.name}", check.name, ctx.step, error)
+            record.overhead_seconds = ctx.overhead_seconds + (time.perf_counter() - t0)
+            for sink in self.sinks:
+                self._safe(sink.write_step, record, source=f"sink:{type(sink).__name__}")
+        finally:
+            ctx.release()
+            self._step += 1
+
+    # ------------------------------------------------------------------------------------------------
+    # helpers
+    # ------------------------------------------------------------------------------------------------
+    def _is_due(self, instrument: Instrument, step: int) -> bool:
+        try:
+            return instrument.is_due(step)
+        except Exception as error:
+            self._fail(f"instrument:{instrument.name}", instrument.name, step, error, what="schedule")
+            return False
+
+    def _required_providers(self, instruments: Iterable[Instrument]) -> set[str]:
+        needed: set[str] = set()
+        stack = [name for i in instruments for name in i.requires]
+        while stack:
+            name = stack.pop()
+            if name in needed:
+                continue
+            needed.add(name)
+            cls = PROVIDERS.get(name)
+            if cls is None:
+                raise KeyError(f"an instrument requires unknown provider {name!r}; known: {sorted(PROVIDERS)}")
+            stack.extend(cls.requires)
+        return needed
+
+    def _disarm(self, ctx: StepContext) -> None:
+        for name in ctx.needed_providers:
+            self._safe(self.provider(name).disarm, ctx, source=f"provider:{name}")
+
+    def _run_instruments(self, ctx: StepContext, instruments: list[Instrument]) -> None:
+        for inst in instruments:
+            if inst.name in self._disabled:
+                continue
+            try:
+                out = inst.compute(ctx)
+            except NotAvailable:
+                continue  # e.g. no update on a step the optimizer skipped: not a failure
+            except Exception as error:
+                self._fail(f"instrument:{inst.name}", inst.name, ctx.step, error)
+                continue
+            for key, value in (out or {}).items():
+                ctx.values[key] = (inst, value)
+
+    def _record(self, ctx: StepContext) -> StepRecord:
+        record = StepRecord(
+            step=ctx.step,
+            wall_time=time.time(),
+            user_seconds=ctx.user_seconds,
+            overhead_seconds=0.0,
+            optimizer_stepped=ctx.optimizer_stepped,
+        )
+        for key, (inst, value) in ctx.values.items():
+            try:
+                if key not in self._series_seen:
+                    info = inst.series_info(key)
+                    record.new_series.append((inst.name, info))
+                    self._series_seen.add(key)
+                self._put(record, key, value, inst)
+            except Exception as error:
+                self._fail(f"instrument:{inst.name}", inst.name, ctx.step, error)
+        return record
+
+    def _put(self, record: StepRecord, key: str, value: Any, inst: Instrument) -> None:
+        if isinstance(value, Histogram):
+            record.histograms[key] = HistogramValue(to_numpy(value.counts), to_numpy(value.edges))
+        elif isinstance(value, Histogram2d):
+            record.histograms[key] = HistogramValue(
+                to_numpy(value.counts), to_numpy(value.x_edges), to_numpy(value.y_edges)
+            )
+        elif isinstance(value, (torch.Tensor, np.ndarray)) and value.ndim == 1:
+            vec = to_numpy(value)
+            if vec.shape[0] != len(self.params):
+                raise ValueError(
+                    f"instrument {inst.name!r} returned per-layer series {key!r} with {vec.shape[0]} entries; "
+                    f"expected one per tracked parameter ({len(self.params)})"
+                )
+            record.layers[key] = vec
+        elif isinstance(value, torch.Tensor):
+            record.scalars[key] = float(value.detach().reshape(()).item())
+        else:
+            record.scalars[key] = float(value)
+
+    def _fail(self, source: str, name: str, step: int | None, error: BaseException, what: str = "") -> None:
+        """Record a failure once, with its traceback, and disable the failing part for the rest of the run."""
+        self._disabled.add(name)
+        message = f"{type(error).__name__}: {error}"
+        trace = "".join(tb.format_exception(type(error), error, error.__traceback__))
+        self.errors.append({"step": step, "source": source, "message": message, "traceback": trace})
+        warnings.warn(
+            f"trainspect: {source}{' ' + what if what else ''} failed at step {step} and is disabled for the "
+            f"rest of the run: {message}",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+        for sink in self.sinks:
+            try:
+                sink.write_error(step, source, message, trace)
+            except Exception:  # a broken sink must not recurse into failure handling
+                pass
+
+    def _safe(self, fn: Callable[..., Any], *args: Any, source: str, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except Exception as error:
+            name = source.split(":", 1)[-1]
+            self._fail(source, name, self._step, error)
+            if source.startswith("sink:"):
+                self.sinks = [s for s in self.sinks if type(s).__name__ != name]
+            return None
+
+    def _on_loss_forward(self, module: nn.Module, args: Any, output: Any) -> None:
+        ctx = self._ctx
+        if ctx is None:
+            return
+        ctx.loss_reduction = getattr(module, "reduction", ctx.loss_reduction)
+        self._set_loss(output, args)
+
+    def _set_loss(self, loss: Any, args: Any = None) -> None:
+        ctx = self._ctx
+        if ctx is None:
+            return
+        if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
+            shape = tuple(loss.shape) if isinstance(loss, torch.Tensor) else type(loss).__name__
+            self._ctx = None
+            raise ValueError(
+                f"trainspect: the loss must be a scalar tensor, got shape {shape}; with reduction='none' reduce it "
+                "(loss.mean() or loss.sum()) before backward, and pass that to the inspector"
+            )
+        ctx.loss = loss
+        if args:
+            ctx.model_output = args[0]
+            ctx.loss_target = args[1] if len(args) > 1 else None
+
+    def _resolve_checks(self, checks: str | Iterable[Any] | None) -> list[Check]:
+        if checks is None:
+            return []
+        if isinstance(checks, str):
+            if checks == "default":
+                return [cls() for cls in CHECKS.values() if getattr(cls, "default", True)]
+            if checks == "none":
+                return []
+            checks = [checks]
+        out = []
+        for c in checks:
+            if isinstance(c, Check):
+                out.append(c)
+            elif isinstance(c, str) and c in CHECKS:
+                out.append(CHECKS[c]())
+            else:
+                raise ValueError(f"unknown check {c!r}; known: {', '.join(sorted(CHECKS)) or '(none)'}")
+        return out
+
+    def _run_meta(self, config: Mapping[str, Any] | None) -> dict[str, Any]:
+        from trainspect import __version__
+
+        opt = self.optimizer
+        hyper: list[dict[str, Any]] = []
+        if opt is not None:
+            for group in opt.param_groups:
+                hyper.append(
+                    {k: (v if isinstance(v, (int, float, str, bool, type(None))) else
+                         (list(v) if isinstance(v, tuple) else repr(v)))
+                     for k, v in group.items() if k != "params"}
+                )
+        n_params = sum(p.numel() for p in self.model.parameters())
+        return {
+            "name": self.name or (self.run_dir.name if self.run_dir else "run"),
+            "start_time": datetime.now(timezone.utc).isoformat(),
+            "status": "running",
+            "model_class": type(self.model).__name__,
+            "model_summary": repr(self.model)[:20000],
+            "parameter_count": n_params,
+            "trainable_parameter_count": sum(p.numel() for p in self.params),
+            "optimizer": type(opt).__name__ if opt is not None else None,
+            "hyperparameters": hyper,
+            "loss": type(self._user_loss_fn).__name__ if isinstance(self._user_loss_fn, nn.Module)
+            else getattr(self._user_loss_fn, "__name__", None),
+            "loss_reduction": self.loss_reduction,
+            "instruments": {i.name: repr(i.schedule) for i in self.instruments},
+            "checks": [c.name for c in self.checks],
+            "config": dict(config or {}),
+            "versions": {
+                "trainspect": __version__,
+                "torch": torch.__version__,
+                "python": sys.version.split()[0],
+                "numpy": np.__version__,
+                "platform": platform.platform(),
+            },
+            "command": " ".join(sys.argv),
+        }
+
+
+def attach(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer | None = None,
+    loss_fn: Callable[..., torch.Tensor] | None = None,
+    **kwargs: Any,
+) -> Inspector:
+    """Attach trainspect to a training loop. See :class:`Inspector` for the options.
+
+    Example::
+
+        inspector = trainspect.attach(model, optimizer, loss_fn, run_dir="runs/mlp")
+        for x, y in loader:
+            optimizer.zero_grad()
+            with inspector.step(x, y):
+                loss = loss_fn(model(x), y)
+                loss.backward()
+            optimizer.step()
+        inspector.close()
+    """
+    return Inspector(model, optimizer, loss_fn, **kwargs)

@@ -1,0 +1,125 @@
+"""Cheap shared computations on parameters and gradients (no extra forward or backward pass).
+
+Everything here works on flat lists of tensors with ``torch._foreach_*`` kernels: one Python call for all
+parameters instead of one per parameter, which is what keeps the per-step cost of the default
+instruments small on tiny models (a plain step of the digits MLP takes a fraction of a millisecond).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import torch
+
+from trainspect.engine.context import NotAvailable
+from trainspect.providers.base import Provider
+
+if TYPE_CHECKING:
+    from trainspect.engine.context import StepContext
+    from trainspect.engine.inspector import Inspector
+
+
+def _norms(tensors: list[torch.Tensor]) -> torch.Tensor:
+    """Per-tensor 2-norms as one float64 vector (float64 so that huge values do not overflow)."""
+    if not tensors:
+        return torch.zeros(0, dtype=torch.float64)
+    return torch.stack(torch._foreach_norm(tensors)).to(torch.float64)
+
+
+class Gradients(Provider):
+    """The mini-batch gradients ``p.grad`` of the tracked parameters, as the optimizer will see them.
+
+    A parameter that received no gradient this step gets a zero tensor (and ``no_grad_mask`` marks it),
+    so every instrument sees one tensor per tracked parameter.
+    """
+
+    name = "grads"
+
+    def compute(self, ctx: StepContext) -> list[torch.Tensor]:
+        grads = []
+        for p in ctx.params:
+            g = p.grad
+            if g is None:
+                g = torch.zeros_like(p)
+            elif g.is_sparse:
+                g = g.to_dense()
+            grads.append(g.detach())
+        return grads
+
+
+class GradientNorms(Provider):
+    """Per-parameter gradient norms ‖∇_{θ_l} L‖₂ (float64 vector, one entry per tracked parameter)."""
+
+    name = "grad_norms"
+    requires = ("grads",)
+
+    def compute(self, ctx: StepContext) -> torch.Tensor:
+        return _norms(ctx.get("grads"))
+
+
+class ParameterNorms(Provider):
+    """Per-parameter norms ‖θ_{t,l}‖₂ of the parameters *before* this step's update."""
+
+    name = "param_norms"
+
+    def before_update(self, ctx: StepContext) -> None:
+        # Consumers after the update (update-to-weight ratio) need the norms of θ_t, not θ_{t+1}.
+        ctx.get(self.name)
+
+    def compute(self, ctx: StepContext) -> torch.Tensor:
+        if ctx.phase == "update":
+            return _norms(ctx.get("params_before_update"))
+        return _norms([p.detach() for p in ctx.params])
+
+
+class ParametersBeforeUpdate(Provider):
+    """A copy of θ_t taken just before ``optimizer.step()``."""
+
+    name = "params_before_update"
+
+    def before_update(self, ctx: StepContext) -> None:
+        ctx.get(self.name)
+
+    def compute(self, ctx: StepContext) -> list[torch.Tensor]:
+        if ctx.phase == "update":
+            raise NotAvailable("the parameters before the update were not captured (no optimizer step hook ran)")
+        return torch._foreach_mul([p.detach() for p in ctx.params], 1.0)
+
+
+class Update(Provider):
+    """The update actually taken, Δθ_t = θ_{t+1} − θ_t, whatever the optimizer (momentum, Adam, decay)."""
+
+    name = "update"
+    requires = ("params_before_update",)
+
+    def compute(self, ctx: StepContext) -> list[torch.Tensor]:
+        if ctx.phase != "update" or not ctx.optimizer_stepped:
+            raise NotAvailable("no update this step: optimizer.step() did not run (or was skipped)")
+        before = ctx.get("params_before_update")
+        return torch._foreach_sub([p.detach() for p in ctx.params], before)
+
+
+class UpdateNorms(Provider):
+    """Per-parameter update norms ‖θ_{t+1,l} − θ_{t,l}‖₂."""
+
+    name = "update_norms"
+    requires = ("update",)
+
+    def compute(self, ctx: StepContext) -> torch.Tensor:
+        return _norms(ctx.get("update"))
+
+
+class InitialParameters(Provider):
+    """θ_0: a copy of the parameters when the inspector was attached, kept for the whole run."""
+
+    name = "initial_params"
+
+    def __init__(self, inspector: Inspector):
+        super().__init__(inspector)
+        self.initial = torch._foreach_mul([p.detach() for p in inspector.params], 1.0)
+
+    def compute(self, ctx: StepContext) -> list[torch.Tensor]:
+        return self.initial
+
+    def close(self) -> None:
+        self.initial = []
