@@ -35,7 +35,7 @@ from trainspect.configurations import resolve_instruments
 from trainspect.engine.context import NotAvailable, StepContext
 from trainspect.engine.record import HistogramValue, Sink, StepRecord
 from trainspect.engine.schedules import ScheduleLike
-from trainspect.engine.values import Histogram, Histogram2d, SeriesInfo, to_numpy
+from trainspect.engine.values import Curve, Histogram, Histogram2d, SeriesInfo, to_numpy
 from trainspect.instruments import Instrument
 from trainspect.providers import PROVIDERS, Provider
 
@@ -229,6 +229,11 @@ class Inspector:
         if not isinstance(self._user_loss_fn, nn.Module):  # a module loss is seen by its forward hook
             self._set_loss(loss, args)
         return loss
+
+    @property
+    def user_loss_fn(self) -> Callable[..., torch.Tensor] | None:
+        """The loss function given to ``attach`` (providers re-evaluate it with ``torch.func``)."""
+        return self._user_loss_fn
 
     @property
     def global_step(self) -> int:
@@ -458,6 +463,8 @@ class Inspector:
     def _put(self, record: StepRecord, key: str, value: Any, inst: Instrument) -> None:
         if isinstance(value, Histogram):
             record.histograms[key] = HistogramValue(to_numpy(value.counts), to_numpy(value.edges))
+        elif isinstance(value, Curve):
+            record.histograms[key] = HistogramValue(to_numpy(value.y), to_numpy(value.x))
         elif isinstance(value, Histogram2d):
             record.histograms[key] = HistogramValue(
                 to_numpy(value.counts), to_numpy(value.x_edges), to_numpy(value.y_edges)

@@ -12,7 +12,7 @@ from trainspect.engine.values import SeriesInfo
 
 @dataclass
 class HistogramValue:
-    """A histogram in NumPy form; ``y_edges`` is None for a 1-D histogram."""
+    """A histogram in NumPy form; ``y_edges`` is None for a 1-D histogram (and a curve: counts=y, x_edges=x)."""
 
     counts: np.ndarray
     x_edges: np.ndarray

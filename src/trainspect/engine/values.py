@@ -5,7 +5,8 @@ An instrument's ``compute`` returns ``{series_name: value}`` where the value is 
 * a scalar: a Python number or a 0-d tensor (kind ``"scalar"``);
 * a per-layer vector: a 1-D tensor or array with one entry per tracked parameter tensor, in the order of
   ``StepContext.param_names`` (kind ``"layers"``);
-* a :class:`Histogram` (kind ``"histogram"``) or :class:`Histogram2d` (kind ``"histogram2d"``).
+* a :class:`Histogram` (kind ``"histogram"``) or :class:`Histogram2d` (kind ``"histogram2d"``);
+* a :class:`Curve` (kind ``"curve"``): y over x, e.g. a 1-D loss slice along a direction.
 
 Values are converted to NumPy once per step, by the engine, so instruments never call ``.item()``.
 """
@@ -18,8 +19,8 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-SeriesKind = Literal["scalar", "layers", "histogram", "histogram2d"]
-KINDS: tuple[str, ...] = ("scalar", "layers", "histogram", "histogram2d")
+SeriesKind = Literal["scalar", "layers", "histogram", "histogram2d", "curve"]
+KINDS: tuple[str, ...] = ("scalar", "layers", "histogram", "histogram2d", "curve")
 
 
 @dataclass(frozen=True)
@@ -69,6 +70,14 @@ class Histogram2d:
     counts: torch.Tensor | np.ndarray
     x_edges: torch.Tensor | np.ndarray
     y_edges: torch.Tensor | np.ndarray
+
+
+@dataclass
+class Curve:
+    """A curve ``y[i]`` at ``x[i]`` (e.g. the loss along a direction); stored like a histogram (y, x)."""
+
+    x: torch.Tensor | np.ndarray
+    y: torch.Tensor | np.ndarray
 
 
 def to_numpy(value: Any) -> np.ndarray:

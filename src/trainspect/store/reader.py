@@ -49,7 +49,10 @@ class Series:
 
 @dataclass
 class HistogramSeries:
-    """Histograms of one series: ``counts[k]`` at ``steps[k]`` with edges ``x_edges[k]`` (and ``y_edges[k]``)."""
+    """Histograms of one series: ``counts[k]`` at ``steps[k]`` with edges ``x_edges[k]`` (and ``y_edges[k]``).
+
+    For a ``curve`` series, ``counts[k]`` holds y and ``x_edges[k]`` holds x.
+    """
 
     name: str
     steps: np.ndarray
@@ -154,7 +157,7 @@ class RunReader:
 
     def histograms(self, name: str) -> HistogramSeries:
         sid, kind, info = self._series_row(name)
-        if kind not in ("histogram", "histogram2d"):
+        if kind not in ("histogram", "histogram2d", "curve"):
             raise KeyError(f"series {name!r} is a {kind}, not a histogram")
         rows = self.conn.execute(
             "SELECT step, counts, shape, x_edges, y_edges FROM histograms WHERE series_id = ? ORDER BY step", (sid,)

@@ -18,7 +18,7 @@ CREATE TABLE IF NOT EXISTS run (            -- run metadata, one row per key, va
 CREATE TABLE IF NOT EXISTS series (         -- catalog of every series the run has written
     id         INTEGER PRIMARY KEY,
     name       TEXT NOT NULL UNIQUE,
-    kind       TEXT NOT NULL,               -- scalar | layers | histogram | histogram2d
+    kind       TEXT NOT NULL,               -- scalar | layers | histogram | histogram2d | curve
     instrument TEXT NOT NULL,
     info       TEXT NOT NULL                -- JSON of trainspect.engine.values.SeriesInfo
 );
@@ -49,7 +49,7 @@ CREATE TABLE IF NOT EXISTS vectors (        -- per-layer values: float64 vector 
     data      BLOB NOT NULL,
     PRIMARY KEY (series_id, step)
 ) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS histograms (     -- 1-D (y_edges NULL) and 2-D histograms
+CREATE TABLE IF NOT EXISTS histograms (     -- 1-D (y_edges NULL), 2-D histograms; curves (counts=y, x_edges=x)
     series_id INTEGER NOT NULL REFERENCES series(id),
     step      INTEGER NOT NULL,
     counts    BLOB NOT NULL,                -- float64, shape in `shape`
