@@ -1,0 +1,72 @@
+"""Helpers shared by the in-flight checks: configurable thresholds, layer names, weight-layer selection."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import numpy as np
+
+from trainspect.checks.base import Check
+
+if TYPE_CHECKING:
+    from trainspect.engine.context import StepContext
+
+#: modules whose weight gradients are sparse or scale-free by design; left out of depth ratios
+NOT_DEPTH_LAYERS = ("Embedding", "EmbeddingBag", "LayerNorm", "BatchNorm1d", "BatchNorm2d", "BatchNorm3d",
+                    "GroupNorm", "RMSNorm", "InstanceNorm1d", "InstanceNorm2d", "InstanceNorm3d")
+
+
+class ThresholdCheck(Check):
+    """A check with named, documented thresholds that the user can override: ``MyCheck(window=50)``.
+
+    Subclasses list their thresholds in ``defaults``; unknown names raise a ``ValueError``.
+    """
+
+    defaults: ClassVar[dict[str, float]] = {}
+
+    def __init__(self, **thresholds: float):
+        unknown = set(thresholds) - set(self.defaults)
+        if unknown:
+            raise ValueError(
+                f"check {self.name!r}: unknown threshold(s) {sorted(unknown)}; known: {sorted(self.defaults)}"
+            )
+        self.t: dict[str, float] = {**self.defaults, **thresholds}
+
+
+def param_location(ctx: StepContext, index: int) -> str:
+    """``"encoder.fc1.weight (Linear)"`` for tracked parameter ``index``."""
+    layer = ctx.inspector.layers[index]
+    return f"{layer['name']} ({layer['module_class']})"
+
+
+def module_location(ctx: StepContext, index: int) -> str:
+    """``"encoder.fc1 (Linear)"``: the module owning tracked parameter ``index``."""
+    layer = ctx.inspector.layers[index]
+    return f"{layer['module'] or 'model'} ({layer['module_class']})"
+
+
+def weight_layers(ctx: StepContext) -> list[int]:
+    """Indices of the tracked weight tensors (≥ 2-D; embeddings and normalisation layers left out), in
+    parameter-registration order (for ``nn.Sequential`` and most models, the input-to-output order)."""
+    cached = getattr(ctx.inspector, "_weight_layer_indices", None)
+    if cached is None:
+        cached = [
+            i for i, layer in enumerate(ctx.inspector.layers)
+            if len(layer["shape"]) >= 2 and layer["module_class"] not in NOT_DEPTH_LAYERS
+        ]
+        ctx.inspector._weight_layer_indices = cached
+    return cached
+
+
+def fmt(x: float) -> str:
+    """A number for a message: 3 significant digits."""
+    return f"{x:.3g}"
+
+
+def median(values: Sequence[float]) -> float:
+    return float(np.median(np.asarray(values, dtype=np.float64))) if len(values) else float("nan")
+
+
+def finite(x: Any) -> bool:
+    return bool(np.isfinite(x))
