@@ -155,29 +155,6 @@ def _():
     return Setup(model, torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9), nn.CrossEntropyLoss())
 
 
-class ReluRNN(nn.Module):
-    """A ReLU RNN over the 8 rows whose recurrent matrix is initialised with spectral radius 2."""
-
-    def __init__(self, hidden: int = 32):
-        super().__init__()
-        self.rnn = nn.RNN(8, hidden, nonlinearity="relu", batch_first=True)
-        self.head = nn.Linear(hidden, 10)
-        with torch.no_grad():
-            nn.init.orthogonal_(self.rnn.weight_hh_l0)
-            self.rnn.weight_hh_l0.mul_(2.0)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        _, h = self.rnn(x.view(-1, 8, 8))
-        return self.head(h[-1])
-
-
-@case("rnn-recurrent-radius-2", "exploding gradients", "rnn",
-      ("exploding-gradients", "nonfinite-loss", "nonfinite-gradients", "loss-divergence"), grads_explode)
-def _():
-    model = ReluRNN()
-    return Setup(model, torch.optim.SGD(model.parameters(), lr=0.01), nn.CrossEntropyLoss())
-
-
 @case("mlp-deep-sigmoid", "vanishing gradients", "mlp", ("vanishing-gradients",), grads_vanish)
 def _():
     model = mlp((32,) * 10, act=nn.Sigmoid)
@@ -228,11 +205,11 @@ def _():
     return Setup(model, torch.optim.SGD(model.parameters(), lr=8.0), nn.CrossEntropyLoss())
 
 
-@case("cnn-adam-lr-too-high", "learning rate too high", "cnn",
+@case("cnn-sgd-lr-too-high", "learning rate too high", "cnn",
       ("loss-divergence", "nonfinite-loss", "update-too-large", "loss-oscillation"), hurts(0.5))
 def _():
     model = cnn()
-    return Setup(model, torch.optim.Adam(model.parameters(), lr=0.3), nn.CrossEntropyLoss())
+    return Setup(model, torch.optim.SGD(model.parameters(), lr=1.0), nn.CrossEntropyLoss())
 
 
 @case("transformer-lr-too-high", "learning rate too high", "transformer",

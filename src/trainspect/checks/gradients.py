@@ -9,7 +9,7 @@ depend on the layer's size or the loss scale in the way raw norms do. Two views:
   raw-norm 70 of AUTOTRAINER fires on healthy CNNs whose first layer has few weights);
 * **over time** (TheDeepChecker, Ben Braiek & Khomh TOSEM 2023: exploding if the gradient grows ≥ 2× at
   each of 5 checks, i.e. ≥ 32×): exploding if the median ‖∇L‖ of the last ``window`` steps exceeds
-  ``growth`` (100) × its median over the first 10 steps; vanishing if it falls below 1/``growth`` of it
+  ``growth`` (32 = 2⁵) × its median over the first 10 steps; vanishing if it falls below 1/``growth`` of it
   while the loss has not improved by ``loss_drop`` (a gradient that shrinks because the loss is nearly
   solved is healthy).
 
@@ -49,7 +49,7 @@ class GradientScaleCheck(ThresholdCheck):
     name = "gradient_scale"
     codes = ("vanishing-gradients", "exploding-gradients")
     instruments: ClassVar[dict[str, Any]] = {"grad_norm": 1, "param_norm": 10}
-    defaults: ClassVar[dict[str, float]] = {"depth_ratio_low": 1e-3, "depth_ratio_high": 1e3, "growth": 100.0, "window": 10,
+    defaults: ClassVar[dict[str, float]] = {"depth_ratio_low": 1e-3, "depth_ratio_high": 1e3, "growth": 32.0, "window": 10,
                 "fraction": 0.8, "baseline_steps": 10, "loss_drop": 0.5}
 
     def __init__(self, **thresholds: float):
@@ -61,6 +61,7 @@ class GradientScaleCheck(ThresholdCheck):
         self._losses: list[float] = []
         self._recent_losses: deque[float] = deque(maxlen=w)
         self._param_norms: np.ndarray | None = None
+        self._held_mask: np.ndarray | None = None
 
     def observe(self, record: StepRecord, ctx: StepContext) -> list[Finding]:
         out: list[Finding] = []
@@ -73,13 +74,17 @@ class GradientScaleCheck(ThresholdCheck):
                 self._losses.append(loss)
             self._recent_losses.append(loss)
         gn = record.layers.get("layer_grad_norm")
-        total = record.scalars.get("grad_norm")
-        if gn is None or total is None or not np.isfinite(total):
+        if gn is None or not np.all(np.isfinite(gn)):
             return out
+        held = self._held(ctx)
+        # parameters outside the optimizer are never zeroed (their .grad accumulates) and are reported by the
+        # parameter-not-in-optimizer check: leave them out of both rules
+        total = float(np.sqrt(np.square(gn[held]).sum()))
         if len(self._baseline) < self.t["baseline_steps"]:
             self._baseline.append(total)
         self._norms.append(total)
-        idx = weight_layers(ctx)
+        # weight tensors that get gradient: a tensor with none at all is the no-gradient check's finding
+        idx = [i for i in weight_layers(ctx) if held[i] and gn[i] > 0]
         if len(idx) >= 2 and self._param_norms is not None:
             w = self._param_norms[idx]
             g = gn[idx]
@@ -92,7 +97,14 @@ class GradientScaleCheck(ThresholdCheck):
         out += self._time(record)
         return out
 
-    def _held(self, values: deque[float], test) -> bool:  # type: ignore[no-untyped-def]
+    def _held(self, ctx: StepContext) -> np.ndarray:
+        if self._held_mask is None:
+            opt = ctx.optimizer
+            ids = {id(p) for g in opt.param_groups for p in g["params"]} if opt is not None else None
+            self._held_mask = np.array([ids is None or id(p) in ids for p in ctx.params], dtype=bool)
+        return self._held_mask
+
+    def _persists(self, values: deque[float], test) -> bool:  # type: ignore[no-untyped-def]
         if len(values) < values.maxlen:  # type: ignore[operator]
             return False
         return sum(bool(test(v)) for v in values) >= self.t["fraction"] * len(values)
@@ -102,7 +114,7 @@ class GradientScaleCheck(ThresholdCheck):
         ratio = median(self._ratios)
         names = [module_location(ctx, i) for i in idx]
         per_layer = {names[k]: float(rho[k]) for k in range(len(idx))}
-        if self._held(self._ratios, lambda r: r < lo):
+        if self._persists(self._ratios, lambda r: r < lo):
             below = [names[k] for k in range(len(idx)) if rho[k] < lo * rho[-1]]
             where = below[-1] if below else names[0]
             return [Finding(
@@ -118,7 +130,7 @@ class GradientScaleCheck(ThresholdCheck):
                           "rule": "median over the window of ρ_first/ρ_last, ρ_l = ‖∇W_l‖/‖W_l‖ (AUTOTRAINER β₁)"},
                 remedies=VANISHING_REMEDIES, location=where,
             )]
-        if self._held(self._ratios, lambda r: r > hi):
+        if self._persists(self._ratios, lambda r: r > hi):
             return [Finding(
                 code="exploding-gradients", severity="warning",
                 title=f"Gradients explode toward the input: ρ({names[0]}) / ρ({names[-1]}) = {fmt(ratio)}",
@@ -142,7 +154,7 @@ class GradientScaleCheck(ThresholdCheck):
         growth = self.t["growth"]
         if base <= 0:
             return []
-        if self._held(self._norms, lambda v: v > growth * base):
+        if self._persists(self._norms, lambda v: v > growth * base):
             return [Finding(
                 code="exploding-gradients", severity="error",
                 title=f"The gradient norm grew {fmt(now / base)}× since the start of training",
@@ -156,7 +168,7 @@ class GradientScaleCheck(ThresholdCheck):
             )]
         if self._losses and self._recent_losses:
             improved = median(self._recent_losses) < self.t["loss_drop"] * median(self._losses)
-            if not improved and self._held(self._norms, lambda v: v < base / growth):
+            if not improved and self._persists(self._norms, lambda v: v < base / growth):
                 return [Finding(
                     code="vanishing-gradients", severity="warning",
                     title=f"The gradient norm shrank {fmt(base / max(now, 1e-300))}× while the loss stayed high",

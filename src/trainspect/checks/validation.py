@@ -8,11 +8,13 @@ user logs with ``inspector.log(val_accuracy=...)``.
 Rule (``labels-not-learnable``): on ``reports`` (2) consecutive reports, a validation accuracy metric
 (a logged name containing ``val`` or ``test`` and ``acc``) is at most chance + ``margin`` (chance = 1/C, C
 the number of classes read from the loss input; margin 0.05 or half of chance, whichever is larger) while the
-training loss has fallen by at least ``train_drop`` (5 %) from its start.
+training loss has fallen by at least ``train_drop`` (5 %) from its start and below (1 − ``train_drop``) × the
+loss of a chance-level predictor (ln C for cross-entropy with C classes).
 """
 
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
@@ -69,7 +71,11 @@ class ValidationAtChanceCheck(ThresholdCheck):
         limit = chance + max(self.t["margin"], 0.5 * chance)
         acc = record.scalars[keys[0]]
         start, now = median(self._first), median(self._recent)
-        fell = start > 0 and now < (1 - self.t["train_drop"]) * start
+        # below the loss of a chance-level predictor (ln C for cross-entropy): the training set is being fit.
+        # A loss that falls from a huge start (bad init) but stays above chance is not memorisation.
+        chance_loss = math.log(self._classes) if self._classes else float("inf")
+        fell = (start > 0 and now < (1 - self.t["train_drop"]) * start
+                and 0 <= now < (1 - self.t["train_drop"]) * chance_loss)
         if acc <= limit and fell:
             self._streak += 1
         else:
