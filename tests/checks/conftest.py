@@ -97,3 +97,12 @@ def record(step: int, scalars: dict[str, float] | None = None, layers: dict[str,
 @pytest.fixture
 def make_record():
     return record
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models run fastest on one thread (and do not fight over the cores of a busy machine)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

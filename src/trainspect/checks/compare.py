@@ -243,7 +243,7 @@ def compare(
     tb = [kb[m][1] for _, m in pairs]
     ga = _grads(loss_a, ta)
     gb = _grads(loss_b, tb)
-    result = CompareResult(loss_a=float(loss_a), loss_b=float(loss_b), unpaired_a=unpaired_a, unpaired_b=unpaired_b,
+    result = CompareResult(loss_a=float(loss_a.detach()), loss_b=float(loss_b.detach()), unpaired_a=unpaired_a, unpaired_b=unpaired_b,
                            rtol=rtol, atol=atol)
     for k, (n, m) in enumerate(pairs):
         fr, fa = _diff(ta[k], tb[k])

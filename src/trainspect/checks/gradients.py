@@ -11,7 +11,8 @@ depend on the layer's size or the loss scale in the way raw norms do. Two views:
   each of 5 checks, i.e. ≥ 32×): exploding if the median ‖∇L‖ of the last ``window`` steps exceeds
   ``growth`` (32 = 2⁵) × its median over the first 10 steps; vanishing if it falls below 1/``growth`` of it
   while the loss has not improved by ``loss_drop`` (a gradient that shrinks because the loss is nearly
-  solved is healthy).
+  solved is healthy); and a single-step spike above ``spike`` (1e3) × the start is exploding at once (the
+  sudden blow-ups that precede NaN rarely last a whole window).
 
 A condition must hold on at least 80 % of the last ``window`` steps (default 10), so one spike is no alarm.
 """
@@ -50,7 +51,7 @@ class GradientScaleCheck(ThresholdCheck):
     codes = ("vanishing-gradients", "exploding-gradients")
     instruments: ClassVar[dict[str, Any]] = {"grad_norm": 1, "param_norm": 10}
     defaults: ClassVar[dict[str, float]] = {"depth_ratio_low": 1e-3, "depth_ratio_high": 1e3, "growth": 32.0, "window": 10,
-                "fraction": 0.8, "baseline_steps": 10, "loss_drop": 0.5}
+                "fraction": 0.8, "baseline_steps": 10, "loss_drop": 0.5, "spike": 1e3}
 
     def __init__(self, **thresholds: float):
         super().__init__(**thresholds)
@@ -154,6 +155,19 @@ class GradientScaleCheck(ThresholdCheck):
         growth = self.t["growth"]
         if base <= 0:
             return []
+        last = self._norms[-1]
+        if last > self.t["spike"] * base:
+            return [Finding(
+                code="exploding-gradients", severity="error",
+                title=f"Gradient spike: ‖∇L‖ = {fmt(last)} is {fmt(last / base)}× its value at the start",
+                explanation=(
+                    f"On step {record.step} the gradient norm jumped to {fmt(last)} against {fmt(base)} over the "
+                    "first steps: one such step can throw the weights far away (and often precedes NaN)."
+                ),
+                evidence={"grad_norm": last, "grad_norm_median_first_steps": base, "growth": last / base,
+                          "threshold": f"> {fmt(self.t['spike'])}× on a single step"},
+                remedies=EXPLODING_REMEDIES, location="",
+            )]
         if self._persists(self._norms, lambda v: v > growth * base):
             return [Finding(
                 code="exploding-gradients", severity="error",
