@@ -6,7 +6,8 @@
   flags log10 of the ratio outside [−4, −1]; the same band is the default here: a weight tensor whose
   median ratio over the last ``evaluations`` (3) measurements exceeds 1e-1 is flagged, and the model is
   flagged as too slow when the median over weight tensors is below 1e-4 while the loss is still above
-  ``loss_drop`` (50 %) of its start (small steps at convergence are healthy).
+  ``loss_drop`` (50 %) of its start (small steps at convergence are healthy), the gradient norm is still at
+  least 10 % of its start (a dead network is the dead-unit checks' finding) and no update was too large.
 * ``parameter-not-in-optimizer``: a trainable parameter that no optimizer parameter group holds.
 * ``parameter-not-updated``: in the optimizer, receives gradient, but its update is exactly 0 on
   ``evaluations`` measurements in a row (learning rate 0, a frozen group, a masked update).
@@ -49,6 +50,9 @@ class UpdateCheck(ThresholdCheck):
         self._first_losses: list[float] = []
         self._recent_losses: deque[float] = deque(maxlen=20)
         self._zero_streak: np.ndarray | None = None
+        self._first_grads: list[float] = []
+        self._recent_grads: deque[float] = deque(maxlen=10)
+        self._seen_too_large = False
         self._param_norms: np.ndarray | None = None
 
     def observe(self, record: StepRecord, ctx: StepContext) -> list[Finding]:
@@ -62,6 +66,11 @@ class UpdateCheck(ThresholdCheck):
                 self._first_losses.append(loss)
             self._recent_losses.append(loss)
         gn = record.layers.get("layer_grad_norm")
+        total = record.scalars.get("grad_norm")
+        if total is not None and np.isfinite(total):
+            if len(self._first_grads) < self.t["baseline_steps"]:
+                self._first_grads.append(total)
+            self._recent_grads.append(total)
         if gn is not None and np.all(np.isfinite(gn)):
             self._grad_ever = (gn > 0) if self._grad_ever is None else (self._grad_ever | (gn > 0))
             self._grad_steps += 1
@@ -161,6 +170,7 @@ class UpdateCheck(ThresholdCheck):
         hi, lo = self.t["ratio_high"], self.t["ratio_low"]
         for k, i in enumerate(idx):
             if np.isfinite(med[k]) and med[k] > hi:
+                self._seen_too_large = True
                 out.append(Finding(
                     code="update-too-large", severity="warning",
                     title=f"Updates of {ctx.param_names[i]} are {fmt(med[k])} of its weights per step",
@@ -179,7 +189,11 @@ class UpdateCheck(ThresholdCheck):
         if np.isfinite(overall) and overall < lo and self._first_losses and self._recent_losses:
             start = median(self._first_losses)
             now = median(self._recent_losses)
-            if start > 0 and now > self.t["loss_drop"] * start:
+            # small steps because the gradient died (dead units, vanishing) or after steps so large that they
+            # broke the network are not a learning rate that is too small
+            grads_alive = (not self._first_grads or not self._recent_grads
+                           or median(self._recent_grads) >= 0.1 * median(self._first_grads))
+            if start > 0 and now > self.t["loss_drop"] * start and grads_alive and not self._seen_too_large:
                 out.append(Finding(
                     code="update-too-small", severity="warning",
                     title=f"Updates are only {fmt(overall)} of the weights per step while the loss is still high",

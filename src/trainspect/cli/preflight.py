@@ -43,7 +43,11 @@ def load_target(target: str) -> Any:
         spec.loader.exec_module(module)
     else:
         sys.path.insert(0, ".")
-        module = importlib.import_module(mod_name)
+        try:
+            module = importlib.import_module(mod_name)
+        except ImportError as error:
+            raise ValueError(f"preflight: cannot import {mod_name!r} ({error}); give an importable module name "
+                             "or a path to a .py file") from error
     fn = getattr(module, fn_name, None)
     if fn is None or not callable(fn):
         raise ValueError(f"preflight: {mod_name} has no function {fn_name!r}")
