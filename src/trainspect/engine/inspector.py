@@ -562,7 +562,8 @@ class Inspector:
         """
         from trainspect.views.samples import log_samples
 
-        step = self._ctx.step if self._ctx is not None else max(self._step - 1, 0)
+        current = self._ctx or self._pending  # inside the block, or before optimizer.step() finished it
+        step = current.step if current is not None else max(self._step - 1, 0)
         return log_samples(self, inputs, outputs, targets, step=step, **options)
 
     def _run_meta(self, config: Mapping[str, Any] | None) -> dict[str, Any]:
