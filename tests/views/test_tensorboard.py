@@ -60,10 +60,7 @@ def test_export_reads_back_equal_to_the_store(full_run: Path, tmp_path: Path) ->
 
 
 def test_live_sink_writes_the_same_as_the_store(tmp_path: Path) -> None:
-    import sys
-
-    sys.path.insert(0, str(Path(__file__).parent))
-    from views_support import ViewsTestCheck, ViewsTestGradHistogram
+    from tests.views.views_support import ViewsTestCheck, ViewsTestGradHistogram
 
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(5, 4), nn.Tanh(), nn.Linear(4, 2))

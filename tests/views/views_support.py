@@ -132,7 +132,7 @@ def _resolve(spec: list[Any]) -> list[Any]:
     return out
 
 
-if __name__ == "__main__":  # the browser test trains in a subprocess: python views_support.py RUN_DIR STEPS
+if __name__ == "__main__":  # the browser test: python -m tests.views.views_support RUN STEPS SLEEP
     import sys
 
     tiny_run(Path(sys.argv[1]), steps=int(sys.argv[2]), full=True, samples=True, step_sleep=float(sys.argv[3]))
