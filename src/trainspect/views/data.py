@@ -53,6 +53,8 @@ class Panel:
         kind: ``scalar`` (line plot of scalar and/or per-layer series), ``histogram``, ``histogram2d``
             or ``curve``.
         series: the series drawn (scalar first, then per-layer).
+        companions: scalars of the same instrument named ``<key>_<suffix>`` (standard errors, counts),
+            drawn on a second axis.
         title: short title; ``healthy``: what a healthy value looks like; ``description``: one line.
         log_scale: whether the y axis (or the colour scale of a 2-D histogram) is logarithmic.
     """
@@ -67,20 +69,55 @@ class Panel:
     log_scale: bool = False
     unit: str = ""
     layers_series: str | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
+    companions: list[str] = field(default_factory=list)
+
+    @property
+    def all_series(self) -> list[str]:
+        """Every series the panel draws: main, per-layer and companions (second axis)."""
+        return self.series + self.companions
 
     def to_json(self) -> dict[str, Any]:
         return {
             "key": self.key, "group": self.group, "kind": self.kind, "series": self.series, "title": self.title,
             "healthy": self.healthy, "description": self.description, "log_scale": self.log_scale,
-            "unit": self.unit, "layers_series": self.layers_series,
+            "unit": self.unit, "layers_series": self.layers_series, "companions": self.companions,
         }
 
 
+def companion_of(name: str, info: dict[str, dict[str, Any]]) -> str | None:
+    """The main series a scalar ``<main>_<suffix>`` accompanies (e.g. ``hessian_trace_standard_error`` of
+    ``hessian_trace``): another scalar of the same instrument and group whose name is a prefix. None if none."""
+    meta = info[name]
+    if meta.get("kind") != "scalar":
+        return None
+    parts = name.split("_")
+    for cut in range(len(parts) - 1, 0, -1):
+        base = "_".join(parts[:cut])
+        other = info.get(base)
+        if (other is not None and other.get("kind") == "scalar" and other.get("instrument") == meta.get("instrument")
+                and other.get("group") == meta.get("group")):
+            return base
+    return None
+
+
 def build_panels(info: dict[str, dict[str, Any]]) -> list[Panel]:
-    """Panels for a run's ``series_info()``, in series registration order, pairing ``x`` with ``layer_x``."""
+    """Panels for a run's ``series_info()``, in series registration order.
+
+    A scalar ``x`` and its per-layer ``layer_x`` share a panel; a companion scalar ``x_suffix`` of the same
+    instrument (an error bar, a count of products) is drawn in ``x``'s panel on a second axis.
+    """
     panels: dict[str, Panel] = {}
+    companions: dict[str, list[str]] = {}
+    for name in info:
+        base = companion_of(name, info)
+        if base is not None:
+            while companion_of(base, info) is not None:  # x_a_b accompanies x, not x_a
+                base = companion_of(base, info)  # type: ignore[assignment]
+            companions.setdefault(base, []).append(name)
+    folded = {c for cs in companions.values() for c in cs}
     for name, meta in info.items():
+        if name in folded:
+            continue
         kind = meta.get("kind", "scalar")
         group = meta.get("group") or "performance"
         if kind == "layers":
@@ -106,6 +143,7 @@ def build_panels(info: dict[str, dict[str, Any]]) -> list[Panel]:
             panel.healthy = meta.get("healthy", "") or panel.healthy
             panel.description = meta.get("description", "") or panel.description
             panel.log_scale = bool(meta.get("log_scale", panel.log_scale))
+            panel.companions = companions.get(name, [])
     return list(panels.values())
 
 

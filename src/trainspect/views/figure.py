@@ -51,7 +51,7 @@ class FigureLayout:
 
     @property
     def series(self) -> set[str]:
-        return {s for p in self.panels for s in p.series}
+        return {s for p in self.panels for s in p.all_series}
 
 
 def figure_layout(reader: RunReader) -> FigureLayout:
@@ -66,7 +66,7 @@ def figure_layout(reader: RunReader) -> FigureLayout:
 
 
 def _has_data(reader: RunReader, panel: Panel) -> bool:
-    for name in panel.series:
+    for name in panel.all_series:
         sid = reader.conn.execute("SELECT id, kind FROM series WHERE name = ?", (name,)).fetchone()
         if sid is None:
             continue
@@ -142,6 +142,23 @@ def _draw_scalar_panel(
         _safe_log(ax)
     if drew_total or layer_legend:
         ax.legend(fontsize=5.5, loc="best", frameon=False, ncol=2 if len(ax.get_lines()) > 6 else 1)
+    if panel.companions:
+        _draw_companions(ax, reader, panel)
+
+
+def _draw_companions(ax: Any, reader: RunReader, panel: Panel) -> None:
+    """Companion series (``<key>_<suffix>``: standard errors, counts) dashed on a second y axis."""
+    twin = ax.twinx()
+    for name, color in zip(panel.companions, ("#c62828", "#6a1b9a", "#00838f", "#9e9d24")):
+        s = reader.series(name)
+        if len(s):
+            twin.plot(s.steps, s.values, lw=0.9, ls="--", color=color, label=name[len(panel.key) + 1:])
+    vals = np.concatenate([np.asarray(line.get_ydata(), float) for line in twin.get_lines()] or [np.array([])])
+    vals = vals[np.isfinite(vals)]
+    if vals.size and vals.min() > 0 and vals.max() / vals.min() > 100:
+        twin.set_yscale("log")
+    twin.tick_params(labelsize=6, colors="#666")
+    twin.legend(fontsize=5.5, loc="upper right", frameon=False)
 
 
 def _safe_log(ax: Any) -> None:

@@ -168,7 +168,7 @@
 
   // ---------------------------------------------------------------------------------------- scalar panels
   async function updateScalar(p) {
-    for (const name of p.spec.series) {
+    for (const name of [...p.spec.series, ...(p.spec.companions || [])]) {
       const have = S.data[name];
       const since = have && have.steps.length && !STATIC ? have.steps[have.steps.length - 1] + 1 : undefined;
       const got = await api("series", { run: S.runId, name, since });
@@ -185,7 +185,7 @@
       S.compare = await api("run", { run: S.compareId });
       const names = new Set(Object.keys(S.compare.series));
       for (const p of S.panels.values()) {
-        for (const name of p.spec.series) {
+        for (const name of [...p.spec.series, ...(p.spec.companions || [])]) {
           if (names.has(name) && S.compare.series[name].kind !== "histogram") {
             try { S.cmpData[name] = await api("series", { run: S.compareId, name }); } catch (e) { /* not comparable */ }
           }
@@ -226,15 +226,23 @@
                            values: c.values, color: "#d32f2f", width: 1.5, dash: [6, 4] });
       }
     }
+    const companionColors = ["#c62828", "#6a1b9a", "#00838f", "#9e9d24"];
+    (p.spec.companions || []).forEach((name, i) => {
+      const d = S.data[name];
+      if (d) cols.push({ label: name.slice(p.spec.key.length + 1), steps: d.steps, values: d.values,
+                         color: companionColors[i % 4], width: 1, dash: [4, 3], scale: "y2" });
+    });
     const xs = [...new Set(cols.flatMap((c) => c.steps))].sort((a, b) => a - b);
     const pos = new Map(xs.map((x, i) => [x, i]));
     const log = p.spec.log_scale && cols.some((c) => c.values.some((v) => v != null && v > 0));
     const data = [xs];
     for (const c of cols) {
       const ys = new Array(xs.length).fill(null);
-      c.steps.forEach((s, i) => { const v = c.values[i]; ys[pos.get(s)] = log && !(v > 0) ? null : v; });
+      const logged = log && c.scale !== "y2";
+      c.steps.forEach((s, i) => { const v = c.values[i]; ys[pos.get(s)] = logged && !(v > 0) ? null : v; });
       data.push(ys);
     }
+    const hasY2 = cols.some((c) => c.scale === "y2");
     const mainLen = cols.length ? cols[0].steps.length : 0;
     p.node.setAttribute("data-points", String(mainLen));
     p.node.setAttribute("data-layer", S.layer);
@@ -252,9 +260,11 @@
     p.chart = new uPlot({
       width, height: 200, legend: { show: cols.length <= 8, live: true },
       cursor: { drag: { x: true, y: false } },
-      scales: { x: { time: false }, y: log ? { distr: 3 } : {} },
-      axes: [{ label: "step", size: 30, labelSize: 14 }, { size: 56, values: (u, v) => v.map(fmt) }],
-      series: [{ label: "step" }, ...cols.map((c) => ({ label: c.label, stroke: c.color, width: c.width,
+      scales: { x: { time: false }, y: log ? { distr: 3 } : {}, ...(hasY2 ? { y2: {} } : {}) },
+      axes: [{ label: "step", size: 30, labelSize: 14 }, { size: 56, values: (u, v) => v.map(fmt) },
+             ...(hasY2 ? [{ scale: "y2", side: 1, size: 50, stroke: "#888", grid: { show: false },
+                            values: (u, v) => v.map(fmt) }] : [])],
+      series: [{ label: "step" }, ...cols.map((c) => ({ label: c.label, stroke: c.color, width: c.width, scale: c.scale || "y",
                                                       dash: c.dash, spanGaps: true, value: (u, v) => fmt(v),
                                                       points: { show: c.steps.length < 30 } }))],
     }, data, p.plot);
