@@ -44,7 +44,7 @@
     if (v == null) return "–";
     if (typeof v !== "number") return String(v);
     const a = Math.abs(v);
-    if (a !== 0 && (a < 1e-3 || a >= 1e5)) return v.toExponential(2);
+    if (a !== 0 && (a < 1e-3 || a >= 1e5)) return Number(v.toExponential(2)).toExponential();
     return Number(v.toPrecision(4)).toString();
   }
 
@@ -258,7 +258,7 @@
     p.sig = sig;
     if (!cols.length) { p.chart = null; return; }
     p.chart = new uPlot({
-      width, height: 200, legend: { show: cols.length <= 8, live: true },
+      width, height: 200, legend: { show: cols.length <= 10, live: cols.length <= 3 },
       cursor: { drag: { x: true, y: false } },
       scales: { x: { time: false }, y: log ? { distr: 3 } : {}, ...(hasY2 ? { y2: {} } : {}) },
       axes: [{ label: "step", size: 30, labelSize: 14 }, { size: 56, values: (u, v) => v.map(fmt) },
