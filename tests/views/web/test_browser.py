@@ -50,9 +50,10 @@ def _points(page: object, key: str) -> int:
     return int(page.get_attribute(f".panel[data-key='{key}']", "data-points") or 0)  # type: ignore[attr-defined]
 
 
-def test_live_dashboard_follows_a_training_process(browser: object, tmp_path: Path) -> None:
+def test_live_dashboard_follows_a_training_process(browser: object, full_run: Path, tmp_path: Path) -> None:
     runs = tmp_path / "runs"
     runs.mkdir()
+    shutil.copytree(full_run, runs / "finished")  # a second run to compare with
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), str(ROOT)])}
     trainer = subprocess.Popen(  # trains 60 steps, 0.12 s apart, logging samples and a finding
         [sys.executable, "-m", "tests.views.views_support", str(runs / "live"), "60", "0.12"],
@@ -69,6 +70,8 @@ def test_live_dashboard_follows_a_training_process(browser: object, tmp_path: Pa
             assert time.time() < deadline, "the training process wrote no step"
             time.sleep(0.2)
         page.goto(server.url + "?interval=400#run=live")
+        assert sorted(page.locator("#run-select option").evaluate_all("os => os.map(o => o.value)")) == [
+            "finished", "live"]
         page.wait_for_selector(".panel[data-key='loss'][data-points]:not([data-points='0'])", timeout=20000)
         first = _points(page, "loss")
         assert trainer.poll() is None, "training finished before the page could watch it; slow it down"
@@ -85,6 +88,14 @@ def test_live_dashboard_follows_a_training_process(browser: object, tmp_path: Pa
         page.wait_for_function("document.querySelector(\".panel[data-key='grad_norm']\").dataset.layer === '2'")
         assert panel.get_attribute("data-lines") == "2"  # total + the chosen layer
         assert "2.weight" in panel.locator("h3").inner_text()
+
+        # compare with the finished run (named "full"): its loss is overlaid (one more line)
+        page.select_option("#layer-select", "__all__")
+        before = int(page.get_attribute(".panel[data-key='loss']", "data-lines"))
+        page.select_option("#compare-select", "finished")
+        page.wait_for_function(
+            f"document.querySelector(\".panel[data-key='loss']\").dataset.lines > {before}", timeout=20000)
+        assert "(full)" in page.locator(".panel[data-key='loss'] .u-legend").inner_text()
 
         # open a finding: its explanation and remedies show
         page.wait_for_selector("details.finding[data-code='views-test-finding']", timeout=20000)
