@@ -55,8 +55,8 @@ def test_live_dashboard_follows_a_training_process(browser: object, full_run: Pa
     runs.mkdir()
     shutil.copytree(full_run, runs / "finished")  # a second run to compare with
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), str(ROOT)])}
-    trainer = subprocess.Popen(  # trains 60 steps, 0.12 s apart, logging samples and a finding
-        [sys.executable, "-m", "tests.views.views_support", str(runs / "live"), "60", "0.12"],
+    trainer = subprocess.Popen(  # trains 300 steps, 0.12 s apart (killed when the test is done)
+        [sys.executable, "-m", "tests.views.views_support", str(runs / "live"), "300", "0.12"],
         cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
     )
     server = DashboardServer(runs, port=0).start()
