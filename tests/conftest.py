@@ -19,7 +19,9 @@ def tiny_mlp(seed: int = 0, dtype: torch.dtype = torch.float32) -> nn.Module:
     return nn.Sequential(nn.Linear(5, 7), nn.Tanh(), nn.Linear(7, 3)).to(dtype)
 
 
-def batches(n: int, seed: int = 0, dtype: torch.dtype = torch.float32, size: int = 8) -> list[tuple[torch.Tensor, torch.Tensor]]:
+def batches(
+    n: int, seed: int = 0, dtype: torch.dtype = torch.float32, size: int = 8
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
     gen = torch.Generator().manual_seed(seed)
     return [(torch.randn(size, 5, generator=gen, dtype=dtype), torch.randint(0, 3, (size,), generator=gen))
             for _ in range(n)]
