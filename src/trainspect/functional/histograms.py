@@ -8,8 +8,10 @@ import torch
 def bin_index(values: torch.Tensor, low: float, high: float, bins: int) -> torch.Tensor:
     """Bin of each value in ``bins`` equal bins on [low, high]; values outside are clamped into the edge
     bins (as Cockpit's ``GradHist1d``/``GradHist2d`` do), so every value is counted."""
-    scaled = (values.to(torch.float64) - low) / (high - low) * bins
-    return scaled.floor().clamp(0, bins - 1).to(torch.int64)
+    # comparisons with the edges themselves (not a rounded division), so that a value exactly on an edge
+    # (e.g. the many exact zeros behind a ReLU) lands in the same bin as with numpy.histogram
+    edges = torch.linspace(low, high, bins + 1, dtype=torch.float64, device=values.device)
+    return (torch.bucketize(values.to(torch.float64), edges, right=True) - 1).clamp(0, bins - 1)
 
 
 def weighted_histogram(values: torch.Tensor, weights: torch.Tensor | None, low: float, high: float,
