@@ -80,8 +80,8 @@ class WideModel(nn.Module):
 
     def __init__(self):
         super().__init__()
-        self.sequence_layer = nn.Linear(20, 40)
-        self.wide = nn.Linear(40, 30)
+        self.sequence_layer = nn.Linear(40, 60)
+        self.wide = nn.Linear(60, 30)
         self.head = nn.Linear(30, 3)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -117,7 +117,7 @@ def problem(kind: str, n: int = 6, seed: int = 0) -> tuple[nn.Module, torch.Tens
         x[1, 1] = x[1, 3]  # a repeated row within a sample
         loss = nn.CrossEntropyLoss()
     elif kind == "wide":
-        model, x, y, loss = WideModel(), torch.randn(n, 3, 20), torch.randint(0, 3, (n,)), nn.CrossEntropyLoss()
+        model, x, y, loss = WideModel(), torch.randn(n, 3, 40), torch.randint(0, 3, (n,)), nn.CrossEntropyLoss()
     elif kind == "custom":
         model, x, y, loss = CustomModel(), torch.randn(n, 2, 4), torch.randint(0, 2, (n,)), nn.CrossEntropyLoss()
     else:

@@ -144,7 +144,7 @@ def test_wide_layers_use_the_gram_path():
     from trainspect.providers.per_sample.bilinear import BilinearLayer
 
     n, t = 6, 3
-    layer = BilinearLayer(torch.randn(n, t, 20), torch.randn(n, t, 40), 0, 1, torch.Size([40, 20]),
-                          torch.Size([40]))
+    layer = BilinearLayer(torch.randn(n, t, 40), torch.randn(n, t, 60), 0, 1, torch.Size([60, 40]),
+                          torch.Size([60]))
     assert layer.gram() is not None
     assert BilinearLayer(torch.randn(n, 1, 6), torch.randn(n, 1, 7), 0, None, torch.Size([7, 6]), None).gram() is None
