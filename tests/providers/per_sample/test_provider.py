@@ -108,6 +108,7 @@ def test_statistics_match_brute_force(kind, reduction, tmp_path):
 def test_sampled_elements_are_the_right_elements(tmp_path, monkeypatch):
     """With sampling (fewer samples than elements) each sampled value is g_i[c] for its (i, c)."""
     monkeypatch.setattr(PerSampleGradients, "histogram_samples", 17)
+    monkeypatch.setattr(PerSampleGradients, "histogram_min_samples", 17)
     stats, _, ref, *_ = run_one_step("cnn", "mean", tmp_path)
     el = stats.elements
     for p, g in enumerate(ref):

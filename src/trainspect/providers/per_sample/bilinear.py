@@ -160,7 +160,9 @@ class BilinearLayer(LayerStatistics):
         if self.roles[local] == "bias":
             return self.bias_grads[samples, coords]
         rows, cols = coords // self.din, coords % self.din
-        out = torch.empty(samples.shape[0], dtype=self.A.dtype)
+        if self.T == 1:
+            return self.G[:, 0][samples, rows] * self.A[:, 0][samples, cols]
+        out = torch.empty(samples.shape[0], dtype=self.A.dtype, device=self.A.device)
         step = max(1, (2**24) // max(self.T, 1))  # bound the [S, T] gather
         for s in range(0, samples.shape[0], step):
             i, o, k = samples[s:s + step], rows[s:s + step], cols[s:s + step]

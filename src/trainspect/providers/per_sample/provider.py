@@ -257,13 +257,15 @@ def project_per_sample(ctx: StepContext, directions: list[list[torch.Tensor]]) -
 class PerSampleGradients(Provider):
     """Sufficient statistics of the per-sample gradients (:class:`.PerSampleGradStats`), all-reduced.
 
-    Class attributes: ``histogram_samples`` (elements sampled per parameter tensor for the histogram
-    estimate, default 2**15; every element of a tensor smaller than that).
+    Class attributes: ``histogram_samples`` (gradient elements sampled per step for the histogram
+    estimate, default 2**16, in proportion to the parameters' sizes) and ``histogram_min_samples`` (at
+    least this many per parameter tensor, default 2**12).
     """
 
     name = "per_sample_grads"
     requires = ("per_sample_layers",)
-    histogram_samples: int = 2**15
+    histogram_samples: int = 2**16
+    histogram_min_samples: int = 2**12
 
     def compute(self, ctx: StepContext) -> PerSampleGradStats:
         layers: PerSampleLayers = ctx.get("per_sample_layers")
@@ -333,24 +335,34 @@ class PerSampleGradients(Provider):
         return stats
 
     def _sample_elements(self, ctx: StepContext, layers: PerSampleLayers) -> GradientElementSample:
-        """A uniform sample of ``histogram_samples`` (sample, coordinate) pairs per parameter tensor."""
+        """A uniform sample of (sample, coordinate) pairs of each parameter tensor.
+
+        ``histogram_samples`` pairs in all, allocated to the parameters in proportion to their size (the
+        allocation that makes the all-parameter histogram's estimate a plain uniform sample), but at least
+        ``histogram_min_samples`` per parameter (so that per-layer histograms are usable), and every element
+        of a parameter with fewer than that many (N·D_p ≤ the allocation).
+        """
         gen = torch.Generator().manual_seed(1_000_003 * (ctx.step + 1))
         n = layers.batch_size
+        numels = [p.numel() for p in ctx.params]
+        total_numel = sum(numels)
         values, pvals, layer, weights = [], [], [], []
         for h in layers.handlers:
             for loc, idx in enumerate(h.param_indices):
-                numel = ctx.params[idx].numel()
+                numel = numels[idx]
                 total = n * numel
-                if total <= self.histogram_samples:
+                budget = max(self.histogram_min_samples, round(self.histogram_samples * numel / total_numel))
+                if total <= budget:
                     flat = torch.arange(total)
                     samples, coords = flat // numel, flat % numel
                 else:
-                    samples = torch.randint(0, n, (self.histogram_samples,), generator=gen)
-                    coords = torch.randint(0, numel, (self.histogram_samples,), generator=gen)
+                    samples = torch.randint(0, n, (budget,), generator=gen)
+                    coords = torch.randint(0, numel, (budget,), generator=gen)
                 dev = ctx.params[idx].device
-                v = h.elements(loc, samples.to(dev), coords.to(dev)).to(torch.float64).cpu()
-                values.append(v)
-                pvals.append(ctx.params[idx].detach().reshape(-1)[coords.to(dev)].to(torch.float64).cpu())
+                samples, coords = samples.to(dev), coords.to(dev)
+                v = h.elements(loc, samples, coords)
+                values.append(v.to(torch.float64).cpu())
+                pvals.append(ctx.params[idx].detach().reshape(-1)[coords].to(torch.float64).cpu())
                 layer.append(torch.full((v.shape[0],), idx, dtype=torch.int64))
                 weights.append(torch.full((v.shape[0],), total / v.shape[0], dtype=torch.float64))
         return GradientElementSample(torch.cat(values), torch.cat(pvals), torch.cat(layer), torch.cat(weights))
