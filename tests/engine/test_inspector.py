@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 import trainspect
-from conftest import batches, tiny_mlp, train
+from tests.conftest import batches, tiny_mlp, train
 from trainspect import Instrument, SeriesInfo
 from trainspect.store import StoreError, open_run
 
