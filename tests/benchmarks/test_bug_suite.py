@@ -13,7 +13,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from benchmarks.bug_suite import evaluate  # noqa: E402
 from benchmarks.bugs.cases import CASES  # noqa: E402
 
-FAST = ("mlp-softmax-output", "gru-no-zero-grad", "mlp-head-not-in-optimizer", "healthy-mlp-adam")
+FAST = ("mlp-softmax-output", "mlp-head-not-in-optimizer", "healthy-mlp-adam")
 
 
 @pytest.fixture(autouse=True)
