@@ -67,7 +67,8 @@ def main(argv: list[str] | None = None) -> int:
             status = ("healthy" if not case.fault else "DETECTED" if r["detected"] else "missed")
             if not case.fault and r["alarms"]:
                 status = "FALSE ALARM"
-            print(f"{case.name:32s} {case.family:11s} {case.fault or '-':28s} verified={'yes' if r['verified'] else 'NO '}"
+            verified = "yes" if r["verified"] else "NO "
+            print(f"{case.name:32s} {case.family:11s} {case.fault or '-':28s} verified={verified}"
                   f" step={r['first_step'] if r['first_step'] is not None else '-':>4} {status:11s} "
                   f"codes={','.join(r['codes']) or '-'}   [{r['how']}]", flush=True)
             for e in r["errors"]:
@@ -77,7 +78,8 @@ def main(argv: list[str] | None = None) -> int:
     detected = [r for r in faulty if r["detected"]]
     steps = [r["first_step"] for r in detected]
     print()
-    print(f"fault kinds: {len({r['case'].fault for r in faulty})}, faulty cases: {len(faulty)}, healthy: {len(healthy)}, "
+    kinds = len({r["case"].fault for r in faulty})
+    print(f"fault kinds: {kinds}, faulty cases: {len(faulty)}, healthy: {len(healthy)}, "
           f"verified by a plain run: {sum(r['verified'] for r in rows)}/{len(rows)}, time {time.time() - t0:.0f} s")
     print(f"primary code reported: {sum(r['primary'] for r in faulty)}/{len(faulty)}")
     print(f"fault detection rate: {len(detected)}/{len(faulty)}")

@@ -10,8 +10,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from benchmarks.bug_suite import evaluate  # noqa: E402
-from benchmarks.bugs.cases import CASES  # noqa: E402
+from benchmarks.bug_suite import evaluate
+from benchmarks.bugs.cases import CASES
 
 FAST = ("mlp-softmax-output", "mlp-head-not-in-optimizer", "healthy-mlp-adam")
 

@@ -31,7 +31,7 @@ def test_nll_on_raw_scores(train, data):
 
 
 def test_sigmoid_before_bce_with_logits(train, data):
-    x, y = data
+    _x, y = data
     yb = (y[:, None] == 0).float()
 
     def m(tail):

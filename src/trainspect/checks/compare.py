@@ -46,7 +46,9 @@ class LayerDiff:
     @property
     def label(self) -> str:
         same = self.name_a == self.name_b
-        return f"{self.name_a} ({self.class_a})" if same else f"{self.name_a} ({self.class_a}) ↔ {self.name_b} ({self.class_b})"
+        if same:
+            return f"{self.name_a} ({self.class_a})"
+        return f"{self.name_a} ({self.class_a}) ↔ {self.name_b} ({self.class_b})"
 
 
 @dataclass
@@ -108,7 +110,8 @@ class CompareResult:
         return out
 
     def __str__(self) -> str:
-        lines = [f"loss A {self.loss_a:.6g}, loss B {self.loss_b:.6g}; tolerance rtol {self.rtol:g}, atol {self.atol:g}"]
+        lines = [f"loss A {self.loss_a:.6g}, loss B {self.loss_b:.6g}; "
+                 f"tolerance rtol {self.rtol:g}, atol {self.atol:g}"]
         lines.append(f"{'layer':50s} {'forward rel':>12s} {'backward rel':>13s}")
         for i, d in enumerate(self.pairs):
             mark = " <- first forward difference" if i == self.first_forward else ""
@@ -120,7 +123,10 @@ class CompareResult:
         return "\n".join(lines)
 
 
-def _record(model: nn.Module, inputs: Any, seed: int, train_mode: bool) -> tuple[list[tuple[str, nn.Module, torch.Tensor]], Any]:
+Records = list[tuple[str, nn.Module, torch.Tensor]]
+
+
+def _record(model: nn.Module, inputs: Any, seed: int, train_mode: bool) -> tuple[Records, Any]:
     records: list[tuple[str, nn.Module, torch.Tensor]] = []
     handles = []
 
@@ -243,7 +249,8 @@ def compare(
     tb = [kb[m][1] for _, m in pairs]
     ga = _grads(loss_a, ta)
     gb = _grads(loss_b, tb)
-    result = CompareResult(loss_a=float(loss_a.detach()), loss_b=float(loss_b.detach()), unpaired_a=unpaired_a, unpaired_b=unpaired_b,
+    result = CompareResult(loss_a=float(loss_a.detach()), loss_b=float(loss_b.detach()), unpaired_a=unpaired_a,
+                           unpaired_b=unpaired_b,
                            rtol=rtol, atol=atol)
     for k, (n, m) in enumerate(pairs):
         fr, fa = _diff(ta[k], tb[k])

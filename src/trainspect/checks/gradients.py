@@ -50,8 +50,10 @@ class GradientScaleCheck(ThresholdCheck):
     name = "gradient_scale"
     codes = ("vanishing-gradients", "exploding-gradients")
     instruments: ClassVar[dict[str, Any]] = {"grad_norm": 1, "param_norm": 10}
-    defaults: ClassVar[dict[str, float]] = {"depth_ratio_low": 1e-3, "depth_ratio_high": 1e3, "growth": 32.0, "window": 10,
-                "fraction": 0.8, "baseline_steps": 10, "loss_drop": 0.5, "spike": 1e3}
+    defaults: ClassVar[dict[str, float]] = {
+        "depth_ratio_low": 1e-3, "depth_ratio_high": 1e3, "growth": 32.0, "window": 10,
+                "fraction": 0.8, "baseline_steps": 10, "loss_drop": 0.5, "spike": 1e3,
+    }
 
     def __init__(self, **thresholds: float):
         super().__init__(**thresholds)

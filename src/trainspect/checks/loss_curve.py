@@ -45,9 +45,11 @@ class LossCurveCheck(ThresholdCheck):
     name = "loss_curve"
     codes = ("loss-divergence", "loss-plateau", "loss-oscillation")
     instruments: ClassVar[dict[str, Any]] = {"loss": 1}
-    defaults: ClassVar[dict[str, float]] = {"baseline_steps": 3, "window": 10, "diverge_factor": 1.5, "rebound_factor": 2.0,
+    defaults: ClassVar[dict[str, float]] = {
+        "baseline_steps": 3, "window": 10, "diverge_factor": 1.5, "rebound_factor": 2.0,
                 "plateau_steps": 100, "min_progress": 0.05, "oscillation_window": 50, "swings": 8,
-                "swing_size": 0.5}
+                "swing_size": 0.5,
+    }
 
     def __init__(self, **thresholds: float):
         super().__init__(**thresholds)
@@ -76,7 +78,8 @@ class LossCurveCheck(ThresholdCheck):
             out.append(self._divergence(now, start, f"{fmt(now / start)}× the loss at the start"))
         elif (start > self._best and now >= self.t["rebound_factor"] * self._best
               and now - self._best >= 0.5 * (start - self._best)):
-            out.append(self._divergence(now, start, f"{fmt(now / self._best)}× the best loss so far ({fmt(self._best)})"))
+            how = f"{fmt(now / self._best)}× the best loss so far ({fmt(self._best)})"
+            out.append(self._divergence(now, start, how))
         if self._steps >= self.t["plateau_steps"] and start > 0 and now > (1 - self.t["min_progress"]) * start:
             out.append(Finding(
                 code="loss-plateau", severity="warning",
@@ -86,7 +89,8 @@ class LossCurveCheck(ThresholdCheck):
                     f"{fmt(100 * self.t['min_progress'])} % of where it started: the model is not learning."
                 ),
                 evidence={"loss_start": start, "loss_now": now, "steps": self._steps,
-                          "threshold": f"decrease < {self.t['min_progress']:.0%} after {int(self.t['plateau_steps'])} steps"},
+                          "threshold": f"decrease < {self.t['min_progress']:.0%} after "
+                                       f"{int(self.t['plateau_steps'])} steps"},
                 remedies=(
                     "Raise the learning rate if the updates are tiny (see update-too-small); lower it if the loss "
                     "is noisy.",

@@ -40,7 +40,8 @@ class StabilityCheck(ThresholdCheck):
 
     name = "stability"
     codes = ("lr-past-stability-edge", "batch-too-small")
-    defaults: ClassVar[dict[str, float]] = {"evaluations": 5, "edge_fraction": 1.0, "alpha_limit": 1.0, "norm_test_limit": 1.0}
+    defaults: ClassVar[dict[str, float]] = {"evaluations": 5, "edge_fraction": 1.0, "alpha_limit": 1.0,
+                                            "norm_test_limit": 1.0}
 
     def __init__(self, **thresholds: float):
         super().__init__(**thresholds)

@@ -35,7 +35,8 @@ class ValidationAtChanceCheck(ThresholdCheck):
     name = "validation_at_chance"
     codes = ("labels-not-learnable",)
     instruments: ClassVar[dict[str, Any]] = {"loss": 1}
-    defaults: ClassVar[dict[str, float]] = {"reports": 2, "train_drop": 0.05, "margin": 0.05, "chance": 0.0, "baseline_steps": 10}
+    defaults: ClassVar[dict[str, float]] = {"reports": 2, "train_drop": 0.05, "margin": 0.05, "chance": 0.0,
+                                            "baseline_steps": 10}
 
     def __init__(self, **thresholds: float):
         super().__init__(**thresholds)

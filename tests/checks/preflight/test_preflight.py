@@ -83,6 +83,8 @@ def test_initial_loss_far_from_ln_c(sample):
     assert r.codes() == ["initial-loss-off"]
     assert abs(r.results["initial_loss"]["expected"] - math.log(3)) < 1e-12
     assert trainspect.preflight(mlp(), nn.CrossEntropyLoss(), *sample, checks=["initial_loss"]).codes() == []
+    soft = trainspect.preflight(mlp(nn.Softmax(dim=1)), nn.CrossEntropyLoss(), *sample, checks=["initial_loss"])
+    assert soft.codes() == ["double-softmax"]
 
 
 class Mixer(nn.Module):

@@ -9,7 +9,8 @@ Checks (each can be turned off with ``checks=[...]``):
 
 * ``gradients``: float64 finite-difference gradient check per parameter tensor (``gradcheck.py``);
 * ``initial_loss``: the loss at initialisation against its expected value (ln C for C-class cross-entropy and
-  language models, ln 2 per output for binary cross-entropy, E[y²] for MSE with near-zero outputs);
+  language models, ln 2 per output for binary cross-entropy, E[y²] for MSE with near-zero outputs), and
+  probabilities fed to ``nn.CrossEntropyLoss`` (``double-softmax``);
 * ``no_gradient``: trainable parameters that receive no gradient from the loss;
 * ``batch_independence``: sample i's output must not depend on sample j's input (``independence.py``);
 * ``overfit``: fit 1 example, then ~100 examples, within a step budget; if the set cannot be fitted,
@@ -175,7 +176,8 @@ def _gradients(report, model, loss_fn, x, y, seed, error, warning, where) -> Non
     worst = max((v["relative_error"] for v in per.values()), default=0.0)
     report.results["gradients"] = {"per_parameter": per, "max_relative_error": worst,
                                    "summary": f"max relative error {worst:.2g} over {len(per)} tensors "
-                                              f"({sum(v['skipped_kinks'] for v in per.values())} entries at kinks skipped)"}
+                                              f"({sum(v['skipped_kinks'] for v in per.values())} entries "
+                                              "at kinks skipped)"}
     bad = [(k, v) for k, v in per.items() if v["relative_error"] > warning and v["checked"] > 0]
     for name, v in bad:
         severe = v["relative_error"] > error
@@ -209,6 +211,16 @@ def _initial_loss(report, model, loss_fn, inputs, targets, tolerance, seed) -> N
         torch.manual_seed(seed)
         out = call_model(m, inputs)
         loss = float(loss_fn(out, targets))
+    if (isinstance(loss_fn, nn.CrossEntropyLoss) and isinstance(out, torch.Tensor) and out.dim() >= 2
+            and out.shape[1] > 1 and bool((out >= 0).all()) and bool(((out.sum(1) - 1).abs() < 1e-3).all())):
+        report.findings.append(Finding(
+            code="double-softmax", severity="error", title="nn.CrossEntropyLoss receives probabilities, not logits",
+            explanation="The model's output rows lie in [0, 1] and sum to 1: it ends with a softmax, and "
+                        "CrossEntropyLoss applies log-softmax again, which squashes the gradients.",
+            evidence={"min": float(out.min()), "max": float(out.max()), "threshold": "rows summing to 1 ± 1e-3"},
+            remedies=("Remove the final softmax; pass raw logits to nn.CrossEntropyLoss.",),
+            location=f"loss ({type(loss_fn).__name__})",
+        ))
     expected = expected_initial_loss(loss_fn, out, targets) if isinstance(out, torch.Tensor) else None
     if expected is None:
         report.results["initial_loss"] = {"loss": loss, "summary": f"{loss:.4g} (no expected value for "
@@ -227,11 +239,11 @@ def _initial_loss(report, model, loss_fn, inputs, targets, tolerance, seed) -> N
         code="initial-loss-off", severity="warning",
         title=f"Initial loss {loss:.4g} is far from the expected {value:.4g} ({how})",
         explanation=(
-            (f"At initialisation the model is {loss / value:.1f}× worse than an uninformed guess: its outputs are "
+            f"At initialisation the model is {loss / value:.1f}× worse than an uninformed guess: its outputs are "
              "too large and confidently wrong, which wastes the first steps and can saturate or destabilise "
              "training." if high else
              "At initialisation the loss is already well below an uninformed guess: check for label leakage into "
-             "the inputs, a loss that is not averaged correctly, or pretrained weights you did not expect.")
+             "the inputs, a loss that is not averaged correctly, or pretrained weights you did not expect."
         ),
         evidence={"initial_loss": loss, "expected": value, "derivation": how,
                   "threshold": f"|L0 − expected| > {tolerance} × expected (TheDeepChecker: 1.0)"},

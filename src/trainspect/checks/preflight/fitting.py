@@ -108,7 +108,7 @@ def fit(
     with torch.no_grad():
         out = call_model(m, inputs)
         final = float(loss_fn(out, targets))
-    tail = losses[-max(1, steps // 10):] + [final]
+    tail = [*losses[-max(1, steps // 10):], final]
     best = min(tail)
     acc = classification_accuracy(out, targets, loss_fn) if isinstance(out, torch.Tensor) else None
     fitted = best <= fit_fraction * losses[0] and (acc is None or acc >= min_accuracy)
