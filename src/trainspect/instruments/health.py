@@ -159,8 +159,16 @@ class NonFiniteOrigin(Instrument):
     series = ()
 
     def compute(self, ctx: StepContext) -> dict[str, Any]:
-        loss_bad = ctx.loss is not None and not bool(torch.isfinite(ctx.loss.detach()).all())
-        grads_bad = not bool(torch.isfinite(ctx.get("grad_norms")).all())
+        # reuse the verdicts of the ``nonfinite`` instrument when it ran this step (no second device sync)
+        seen = ctx.values
+        if "nonfinite_loss" in seen:
+            loss_bad = float(seen["nonfinite_loss"][1]) > 0
+        else:
+            loss_bad = ctx.loss is not None and not bool(torch.isfinite(ctx.loss.detach()).all())
+        if "nonfinite_grads" in seen:
+            grads_bad = float(seen["nonfinite_grads"][1]) > 0
+        else:
+            grads_bad = not bool(torch.isfinite(ctx.get("grad_norms")).all())
         if not (loss_bad or grads_bad):
             return {}
         ctx.extras["nonfinite_origin"] = locate_nonfinite(ctx, loss_bad=loss_bad, grads_bad=grads_bad)
