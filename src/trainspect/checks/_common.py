@@ -64,8 +64,14 @@ def fmt(x: float) -> str:
     return f"{x:.3g}"
 
 
-def median(values: Sequence[float]) -> float:
-    return float(np.median(np.asarray(values, dtype=np.float64))) if len(values) else float("nan")
+def median(values: Sequence[float] | np.ndarray) -> float:
+    """Median of a short window (pure Python: ~1 µs for 10 values, where ``np.median`` costs ~20 µs)."""
+    n = len(values)
+    if n == 0:
+        return float("nan")
+    s = sorted(float(v) for v in values)
+    mid = n // 2
+    return s[mid] if n % 2 else 0.5 * (s[mid - 1] + s[mid])
 
 
 def finite(x: Any) -> bool:

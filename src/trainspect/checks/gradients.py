@@ -65,6 +65,7 @@ class GradientScaleCheck(ThresholdCheck):
         self._recent_losses: deque[float] = deque(maxlen=w)
         self._param_norms: np.ndarray | None = None
         self._held_mask: np.ndarray | None = None
+        self._base: float | None = None
 
     def observe(self, record: StepRecord, ctx: StepContext) -> list[Finding]:
         out: list[Finding] = []
@@ -152,7 +153,9 @@ class GradientScaleCheck(ThresholdCheck):
     def _time(self, record: StepRecord) -> list[Finding]:
         if len(self._baseline) < self.t["baseline_steps"] or len(self._norms) < self._norms.maxlen:  # type: ignore[operator]
             return []
-        base = median(self._baseline)
+        if self._base is None:
+            self._base = median(self._baseline)
+        base = self._base
         now = median(self._norms)
         growth = self.t["growth"]
         if base <= 0:

@@ -58,6 +58,8 @@ class LossCurveCheck(ThresholdCheck):
         self._long: deque[float] = deque(maxlen=int(self.t["oscillation_window"]) + 1)
         self._best = float("inf")
         self._steps = 0
+        self._start: float | None = None  # L0, fixed once the first losses are in
+        self._jumps: deque[bool] = deque(maxlen=int(self.t["oscillation_window"]))
 
     def observe(self, record: StepRecord, ctx: StepContext) -> list[Finding]:
         loss = record.scalars.get("loss")
@@ -66,11 +68,15 @@ class LossCurveCheck(ThresholdCheck):
         self._steps += 1
         if len(self._first) < self.t["baseline_steps"]:
             self._first.append(loss)
+        if self._start is None and len(self._first) >= self.t["baseline_steps"]:
+            self._start = median(self._first)
+        if self._long and self._start is not None:
+            self._jumps.append(abs(loss - self._long[-1]) > self.t["swing_size"] * self._start)
         self._recent.append(loss)
         self._long.append(loss)
-        if len(self._first) < self.t["baseline_steps"] or len(self._recent) < self._recent.maxlen:  # type: ignore[operator]
+        if self._start is None or len(self._recent) < self._recent.maxlen:  # type: ignore[operator]
             return []
-        start = median(self._first)
+        start = self._start
         now = median(self._recent)
         self._best = min(self._best, now)
         out: list[Finding] = []
@@ -101,12 +107,12 @@ class LossCurveCheck(ThresholdCheck):
                 ),
                 location="",
             ))
-        if len(self._long) == self._long.maxlen and start > 0:
+        big = sum(self._jumps)
+        if len(self._jumps) == self._jumps.maxlen and start > 0 and big >= self.t["swings"]:
             arr = np.asarray(self._long)
-            big = int((np.abs(np.diff(arr)) > self.t["swing_size"] * start).sum())
             half = len(arr) // 2
             settling = median(arr[half:]) < 0.9 * median(arr[:half])
-            if big >= self.t["swings"] and not settling:
+            if not settling:
                 out.append(Finding(
                     code="loss-oscillation", severity="warning",
                     title=f"The loss oscillates: {big} jumps larger than {fmt(self.t['swing_size'] * start)} "
