@@ -47,13 +47,17 @@ def module_location(ctx: StepContext, index: int) -> str:
 
 
 def weight_layers(ctx: StepContext) -> list[int]:
-    """Indices of the tracked weight tensors (≥ 2-D; embeddings and normalisation layers left out), in
+    """Indices of the tracked weight tensors (≥ 2-D, named ``*weight*``; embeddings and normalisation layers
+    left out), in
     parameter-registration order (for ``nn.Sequential`` and most models, the input-to-output order)."""
     cached = getattr(ctx.inspector, "_weight_layer_indices", None)
     if cached is None:
+        # "weight" in the name: Linear/Conv weights, RNN weight_ih/weight_hh, attention in_proj_weight; not
+        # free-standing tensors such as positional embeddings or class tokens (often initialised at 0)
         cached = [
             i for i, layer in enumerate(ctx.inspector.layers)
             if len(layer["shape"]) >= 2 and layer["module_class"] not in NOT_DEPTH_LAYERS
+            and "weight" in layer["name"].rpartition(".")[2]
         ]
         ctx.inspector._weight_layer_indices = cached
     return cached
