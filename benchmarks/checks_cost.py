@@ -24,10 +24,10 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import trainspect  # noqa: E402
-from overhead import PROBLEMS  # noqa: E402
-from trainspect.providers.activations import Activations  # noqa: E402
-from trainspect.providers.step_start import GradientsAtStepStart  # noqa: E402
+import trainspect
+from overhead import PROBLEMS
+from trainspect.providers.activations import Activations
+from trainspect.providers.step_start import GradientsAtStepStart
 
 ADDED_INSTRUMENTS = ("activations", "loss_input", "input_scale", "grad_at_step_start", "nonfinite_origin")
 
