@@ -158,6 +158,10 @@ class NonFiniteOrigin(Instrument):
     requires = ("grad_norms",)
     series = ()
 
+    def __init__(self, schedule: Any = None):
+        super().__init__(schedule)
+        self._located = 0
+
     def compute(self, ctx: StepContext) -> dict[str, Any]:
         # reuse the verdicts of the ``nonfinite`` instrument when it ran this step (no second device sync)
         seen = ctx.values
@@ -171,7 +175,10 @@ class NonFiniteOrigin(Instrument):
             grads_bad = not bool(torch.isfinite(ctx.get("grad_norms")).all())
         if not (loss_bad or grads_bad):
             return {}
-        ctx.extras["nonfinite_origin"] = locate_nonfinite(ctx, loss_bad=loss_bad, grads_bad=grads_bad)
+        # a run that stays NaN would replay every step: locate the first few, then every 100th
+        self._located += 1
+        if self._located <= 5 or self._located % 100 == 0:
+            ctx.extras["nonfinite_origin"] = locate_nonfinite(ctx, loss_bad=loss_bad, grads_bad=grads_bad)
         return {}
 
 
