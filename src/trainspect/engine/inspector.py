@@ -135,6 +135,11 @@ class Inspector:
             )
         if loss_fn is not None and not callable(loss_fn):
             raise TypeError(f"trainspect.attach: loss_fn must be callable, got {type(loss_fn).__name__}")
+        # DDP / DataParallel wrap the model: track the wrapped module (its own parameter names, and a model
+        # that providers can re-evaluate without triggering the wrapper's gradient synchronization)
+        self.wrapper: nn.Module | None = None
+        if isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
+            self.wrapper, model = model, model.module
         self.model = model
         self.optimizer = optimizer
         self._user_loss_fn = loss_fn
@@ -213,7 +218,8 @@ class Inspector:
         from trainspect.views.terminal import TerminalView
 
         self.terminal = TerminalView(progress=progress, total_steps=total_steps, run_dir=self.run_dir)
-        self.sinks.append(self.terminal)
+        if self.rank == 0:  # one terminal report per run, not one per process
+            self.sinks.append(self.terminal)
 
         self.meta = self._run_meta(config)
         for sink in self.sinks:
@@ -355,7 +361,8 @@ class Inspector:
         end = {"end_time": datetime.now(timezone.utc).isoformat(), "status": "finished", "steps": self._step}
         for sink in self.sinks:
             self._safe(sink.write_meta, end, source=f"sink:{type(sink).__name__}")
-        self._safe(self.terminal.summary, self, source="sink:TerminalView")
+        if self.rank == 0:
+            self._safe(self.terminal.summary, self, source="sink:TerminalView")
         for sink in self.sinks:
             self._safe(sink.close, source=f"sink:{type(sink).__name__}")
 
