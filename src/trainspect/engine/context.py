@@ -115,6 +115,15 @@ class StepContext:
         self.inputs = _concat([m[0] for m in self._micro])
         self.targets = _concat([m[1] for m in self._micro])
 
+    def set_targets(self, targets: Any) -> None:
+        """The targets of the latest micro-batch, when they become known after its inputs (``trainspect run``)."""
+        if self._micro:
+            self._micro[-1] = (self._micro[-1][0], targets)
+        else:
+            self._micro.append((self.inputs, targets))
+        self.inputs = _concat([m[0] for m in self._micro])
+        self.targets = _concat([m[1] for m in self._micro])
+
     def add_loss(self, loss: torch.Tensor, args: Any = None) -> None:
         """Record the loss of one micro-batch (and the loss function's arguments, if known).
 
