@@ -1,0 +1,80 @@
+"""Lightning: TrainspectCallback records unclipped, accumulated gradients and the step's loss."""
+
+from __future__ import annotations
+
+import csv
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+pl = pytest.importorskip("lightning.pytorch", reason="the 'lightning' extra is not installed "
+                                                       "(pip install 'trainspect[lightning]')")
+from lightning.pytorch.utilities.grads import grad_norm  # noqa: E402
+
+import trainspect  # noqa: E402
+from trainspect.integrations.lightning import TrainspectCallback  # noqa: E402
+
+ACCUMULATE, BATCH, STEPS = 2, 4, 3
+CLIP = 0.01  # far below the gradient norm: clipping changes every step's gradients
+
+
+class TinyClassifier(pl.LightningModule):
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.net = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 3))
+        self.loss_fn = nn.CrossEntropyLoss()
+        self.micro_losses: list[float] = []
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        loss = self.loss_fn(self.net(x), y)
+        self.micro_losses.append(float(loss.detach()))
+        return loss
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+
+class LightningsOwnGradNorm(pl.Callback):
+    """The reference: Lightning's grad_norm utility in the hook Lightning documents for it."""
+
+    def __init__(self):
+        self.norms: list[float] = []
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer):
+        self.norms.append(grad_norm(pl_module, 2)["grad_2.0_norm_total"])
+
+
+def test_callback_records_the_run(tmp_path):
+    g = torch.Generator().manual_seed(1)
+    n = ACCUMULATE * BATCH * STEPS
+    data = torch.utils.data.TensorDataset(torch.randn(n, 4, generator=g), torch.randint(0, 3, (n,), generator=g))
+    loader = torch.utils.data.DataLoader(data, batch_size=BATCH)
+    model, reference = TinyClassifier(), LightningsOwnGradNorm()
+    callback = TrainspectCallback(run_dir=tmp_path / "run", instruments="cheap", log_to_lightning=True)
+    logger = pl.loggers.CSVLogger(tmp_path / "logs", name="", version="")
+    trainer = pl.Trainer(
+        accelerator="cpu", devices=1, max_steps=STEPS, accumulate_grad_batches=ACCUMULATE, gradient_clip_val=CLIP,
+        callbacks=[reference, callback], logger=logger, enable_checkpointing=False, enable_progress_bar=False,
+        enable_model_summary=False, log_every_n_steps=1,
+    )
+    trainer.fit(model, loader)
+
+    run = trainspect.open_run(tmp_path / "run")
+    steps, norms = run.scalar("grad_norm")
+    np.testing.assert_array_equal(steps, np.arange(STEPS))
+    np.testing.assert_allclose(norms, reference.norms, rtol=1e-5)  # before clipping, like Lightning's own
+    assert (norms > 10 * CLIP).all()
+    _, loss = run.scalar("loss")  # the loss of the whole step: mean over its equal-sized micro-batches
+    np.testing.assert_allclose(loss, np.array(model.micro_losses).reshape(STEPS, ACCUMULATE).mean(1), rtol=1e-5)
+    assert run.layer_names == ["net.0.weight", "net.0.bias", "net.2.weight", "net.2.bias"]
+    assert run.meta["loss"] == "CrossEntropyLoss" and run.errors() == []
+    _, update = run.scalar("update_size")
+    assert (update > 0).all()
+    # also sent to Lightning's logger
+    with open(tmp_path / "logs" / "metrics.csv") as f:
+        logged = [float(r["trainspect/grad_norm"]) for r in csv.DictReader(f) if r.get("trainspect/grad_norm")]
+    np.testing.assert_allclose(logged, norms, rtol=1e-6)
