@@ -89,6 +89,9 @@ SumOfRanks.name = "sum_of_ranks"
 
 CHEAP = ["loss", "grad_norm", "learning_rate", "nonfinite", "param_norm", "update_size", "update_to_weight",
          "distance"]
+#: every instrument built on per-sample statistics (Cockpit's economy set and more): sums all-reduced over ranks
+PER_SAMPLE = ["loss", "alpha", "norm_test", "inner_test", "ortho_test", "mean_gsnr", "cabs", "early_stopping",
+              "grad_hist_1d", "layer_grad_hist_1d", "grad_hist_2d", "layer_grad_hist_2d"]
 
 
 def run(rank: int, world: int, init_file: str, out_dir: str) -> None:
@@ -101,6 +104,9 @@ def run(rank: int, world: int, init_file: str, out_dir: str) -> None:
         batches = global_batches(world)
         # 1. every cheap instrument, DDP over `world` ranks (compared with one process by the test)
         train(make_model(), batches, out / "ddp", {name: 1 for name in CHEAP}, rank=rank, world=world, ddp=True)
+        # 1b. the per-sample (economy) instruments
+        train(make_model(), batches, out / "per_sample", {name: 1 for name in PER_SAMPLE}, rank=rank, world=world,
+              ddp=True)
         # 2. an instrument that fails on rank 1 only, then one that reduces: no hang, values still right
         train(make_model(), batches, out / "failure", [FailsOnRankOne(1), SumOfRanks(1), "loss"],
               rank=rank, world=world, ddp=True)

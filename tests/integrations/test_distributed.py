@@ -51,19 +51,38 @@ def _single_process_run(tmp_path: Path, instruments) -> Path:
     return tmp_path / "single"
 
 
-def test_ddp_values_equal_single_process_on_global_batch(ddp_runs, tmp_path):
-    single = trainspect.open_run(_single_process_run(tmp_path, {n: 1 for n in ddp_worker.CHEAP}))
-    ddp = trainspect.open_run(ddp_runs / "ddp")
-    assert ddp.errors() == []
+def _assert_same_run(single, ddp) -> set[str]:
+    assert ddp.errors() == [] and single.errors() == []
     names = set(single.series_names()) - {"step_time"}
     assert names == set(ddp.series_names()) - {"step_time"}
-    assert {"loss", "grad_norm", "layer_grad_norm", "update_size", "distance", "update_to_weight"} <= names
-    for name in sorted(names):
-        s, d = single.series(name), ddp.series(name)
-        np.testing.assert_array_equal(s.steps, d.steps, err_msg=name)
-        np.testing.assert_allclose(d.values, s.values, rtol=1e-5, atol=1e-12, err_msg=name)
+    for name, info in sorted(single.series_info().items()):
+        if name == "step_time":
+            continue
+        if info["kind"] in ("scalar", "layers"):
+            s, d = single.series(name), ddp.series(name)
+            np.testing.assert_array_equal(s.steps, d.steps, err_msg=name)
+            np.testing.assert_allclose(d.values, s.values, rtol=1e-5, atol=1e-12, err_msg=name)
+        else:
+            s, d = single.histograms(name), ddp.histograms(name)
+            np.testing.assert_array_equal(s.steps, d.steps, err_msg=name)
+            for k in range(len(s.steps)):
+                np.testing.assert_allclose(d.x_edges[k], s.x_edges[k], rtol=1e-5, atol=1e-12, err_msg=name)
+                np.testing.assert_allclose(d.counts[k], s.counts[k], rtol=1e-5, atol=1e-9, err_msg=name)
     # the layer names are the model's, whether the DDP wrapper or the module was attached
     assert ddp.layer_names == single.layer_names
+    return names
+
+
+def test_ddp_values_equal_single_process_on_global_batch(ddp_runs, tmp_path):
+    single = trainspect.open_run(_single_process_run(tmp_path, {n: 1 for n in ddp_worker.CHEAP}))
+    names = _assert_same_run(single, trainspect.open_run(ddp_runs / "ddp"))
+    assert {"loss", "grad_norm", "layer_grad_norm", "update_size", "distance", "update_to_weight"} <= names
+
+
+def test_ddp_per_sample_instruments_equal_single_process(ddp_runs, tmp_path):
+    single = trainspect.open_run(_single_process_run(tmp_path, {n: 1 for n in ddp_worker.PER_SAMPLE}))
+    names = _assert_same_run(single, trainspect.open_run(ddp_runs / "per_sample"))
+    assert {"norm_test", "inner_test", "ortho_test", "alpha", "mean_gsnr", "grad_hist_1d"} <= names
 
 
 def test_failing_instrument_on_one_rank_does_not_hang_or_corrupt(ddp_runs):
