@@ -26,6 +26,8 @@ SamplesSeen.name = "samples_seen"  # set after class creation: not registered gl
 
 CHEAP = ["loss", "grad_norm", "learning_rate", "nonfinite", "param_norm", "update_size", "update_to_weight",
          "distance"]
+#: per-sample statistics must cover all k·B samples of the step
+PER_SAMPLE = ["norm_test", "inner_test", "ortho_test", "mean_gsnr", "alpha", "grad_hist_1d", "layer_grad_hist_2d"]
 
 
 def _run(run_dir, accumulate: bool):
@@ -34,7 +36,7 @@ def _run(run_dir, accumulate: bool):
     optimizer = torch.optim.Adam(model.parameters(), lr=0.01)
     loss_fn = nn.CrossEntropyLoss()
     inspector = trainspect.attach(model, optimizer, loss_fn, run_dir=run_dir, progress=False,
-                                  instruments=[*CHEAP, SamplesSeen(1)])
+                                  instruments=[*CHEAP, *PER_SAMPLE, SamplesSeen(1)])
     g = torch.Generator().manual_seed(1)
     for _ in range(3):
         x, y = torch.randn(K * B, 3, generator=g, dtype=torch.float64), torch.randint(0, 2, (K * B,), generator=g)
@@ -58,7 +60,18 @@ def test_k_micro_batches_equal_one_batch_of_kB(tmp_path):
     names = set(whole.series_names()) - {"micro_batches"}
     assert names == set(micro.series_names()) - {"micro_batches"}
     assert {"loss", "grad_norm", "layer_grad_norm", "update_size"} <= names
-    for name in sorted(names):
-        np.testing.assert_allclose(micro.series(name).values, whole.series(name).values, rtol=1e-5, err_msg=name)
+    assert {"norm_test", "inner_test", "alpha", "mean_gsnr", "grad_hist_1d"} <= names
+    assert micro.errors() == [] and whole.errors() == []
+    for name, info in sorted(whole.series_info().items()):
+        if name == "micro_batches":
+            continue
+        if info["kind"] in ("scalar", "layers"):
+            np.testing.assert_allclose(micro.series(name).values, whole.series(name).values, rtol=1e-5,
+                                       err_msg=name)
+        else:
+            w, m = whole.histograms(name), micro.histograms(name)
+            for k in range(len(w.steps)):
+                np.testing.assert_allclose(m.x_edges[k], w.x_edges[k], rtol=1e-5, atol=1e-12, err_msg=name)
+                np.testing.assert_allclose(m.counts[k], w.counts[k], rtol=1e-5, atol=1e-9, err_msg=name)
     np.testing.assert_array_equal(micro.scalar("samples_seen")[1], K * B)
     np.testing.assert_array_equal(micro.scalar("micro_batches")[1], K)

@@ -115,6 +115,16 @@ class StepContext:
         self.inputs = _concat([m[0] for m in self._micro])
         self.targets = _concat([m[1] for m in self._micro])
 
+    @property
+    def micro_batch_index(self) -> int:
+        """Index of the micro-batch whose forward pass is running (0 without gradient accumulation).
+
+        Counted from both signals an accumulation loop gives: micro-batches added (``add_batch``, before
+        their forward) and losses seen (after their forward). Per-sample capture tags each layer call with it,
+        so that the calls of k micro-batches are concatenated (k·B samples), not summed.
+        """
+        return max(len(self._micro) - 1, self.num_micro_batches, 0)
+
     def set_targets(self, targets: Any) -> None:
         """The targets of the latest micro-batch, when they become known after its inputs (``trainspect run``)."""
         if self._micro:
