@@ -75,3 +75,46 @@ def test_refuses_with_a_clear_message_and_the_script_runs_on(tmp_path, capsys, b
     assert code == 2
     assert "script finished" in out
     assert f"not attaching: {reason}" in err and "trainspect.attach(" in err
+
+
+AMP_ACCUMULATION_SCRIPT = """
+import torch
+from torch import nn
+torch.manual_seed(0)
+model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3))
+opt = torch.optim.SGD(model.parameters(), lr=0.1)
+scaler = torch.amp.GradScaler("cpu", init_scale=2.0**10)
+loss_fn = nn.CrossEntropyLoss()
+for step in range(6):
+    opt.zero_grad()
+    losses = []
+    for micro in range(2):
+        x, y = torch.randn(5, 4), torch.randint(0, 3, (5,))
+        if step == 3 and micro == 1:
+            x[0, 0] = float("inf")  # inf/NaN gradients: the scaler skips this step
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = loss_fn(model(x), y)
+        losses.append(loss.item())
+        scaler.scale(loss / 2).backward()
+    print("step", step, "scale", scaler.get_scale(), "loss", sum(losses) / 2)
+    scaler.step(opt)
+    scaler.update()
+"""
+
+
+def test_mixed_precision_and_accumulation_in_an_unmodified_script(tmp_path, capsys):
+    script = tmp_path / "train.py"
+    script.write_text(AMP_ACCUMULATION_SCRIPT)
+    code = main(["run", "--run-dir", str(tmp_path / "run"), "--quiet", "--instruments", "cheap", str(script)])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    assert "GradScaler" in err
+    printed = [line.split() for line in out.splitlines() if line.startswith("step ")]
+    scales = np.array([float(p[3]) for p in printed])[1:]  # the script's first step finds the model
+    losses = np.array([float(p[5]) for p in printed])[1:]
+    run = trainspect.open_run(tmp_path / "run")
+    np.testing.assert_array_equal(run.scalar("loss_scale")[1], scales)
+    np.testing.assert_array_equal(run.scalar("amp_step_skipped")[1], [0, 0, 1, 0, 0])
+    np.testing.assert_array_equal(run.steps()["optimizer_stepped"], [1, 1, 0, 1, 1])
+    finite = np.isfinite(losses)
+    np.testing.assert_allclose(run.scalar("loss")[1][finite], losses[finite], rtol=1e-6)  # both micro-batches
