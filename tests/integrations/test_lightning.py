@@ -18,6 +18,8 @@ from trainspect.integrations.lightning import TrainspectCallback  # noqa: E402
 
 ACCUMULATE, BATCH, STEPS = 2, 4, 3
 CLIP = 0.01  # far below the gradient norm: clipping changes every step's gradients
+INSTRUMENTS = ["loss", "grad_norm", "learning_rate", "nonfinite", "param_norm", "update_size", "update_to_weight",
+               "distance", "norm_test", "inner_test", "ortho_test", "mean_gsnr", "alpha", "grad_hist_1d"]
 
 
 class TinyClassifier(pl.LightningModule):
@@ -48,13 +50,34 @@ class LightningsOwnGradNorm(pl.Callback):
         self.norms.append(grad_norm(pl_module, 2)["grad_2.0_norm_total"])
 
 
+def _plain_loop(data, run_dir):
+    """The same training written as a plain PyTorch loop with trainspect.attach: the reference run."""
+    model = TinyClassifier()
+    optimizer = model.configure_optimizers()
+    inspector = trainspect.attach(model, optimizer, model.loss_fn, run_dir=run_dir, instruments=INSTRUMENTS,
+                                  progress=False)
+    xs, ys = data.tensors
+    for step in range(STEPS):
+        optimizer.zero_grad()
+        with inspector.step() as s:
+            for j in range(ACCUMULATE):
+                lo = (step * ACCUMULATE + j) * BATCH
+                x, y = xs[lo:lo + BATCH], ys[lo:lo + BATCH]
+                s.add_batch(x, y)
+                (model.loss_fn(model.net(x), y) / ACCUMULATE).backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), CLIP)  # after the block: trainspect saw them unclipped
+        optimizer.step()
+    inspector.close()
+    return trainspect.open_run(run_dir)
+
+
 def test_callback_records_the_run(tmp_path):
     g = torch.Generator().manual_seed(1)
     n = ACCUMULATE * BATCH * STEPS
     data = torch.utils.data.TensorDataset(torch.randn(n, 4, generator=g), torch.randint(0, 3, (n,), generator=g))
     loader = torch.utils.data.DataLoader(data, batch_size=BATCH)
     model, reference = TinyClassifier(), LightningsOwnGradNorm()
-    callback = TrainspectCallback(run_dir=tmp_path / "run", instruments="cheap", log_to_lightning=True)
+    callback = TrainspectCallback(run_dir=tmp_path / "run", instruments=INSTRUMENTS, log_to_lightning=True)
     logger = pl.loggers.CSVLogger(tmp_path / "logs", name="", version="")
     trainer = pl.Trainer(
         accelerator="cpu", devices=1, max_steps=STEPS, accumulate_grad_batches=ACCUMULATE, gradient_clip_val=CLIP,
@@ -74,6 +97,15 @@ def test_callback_records_the_run(tmp_path):
     assert run.meta["loss"] == "CrossEntropyLoss" and run.errors() == []
     _, update = run.scalar("update_size")
     assert (update > 0).all()
+    # every value, per-sample statistics over both micro-batches included, equals the plain loop's
+    plain = _plain_loop(data, tmp_path / "plain")
+    assert set(plain.series_names()) == set(run.series_names())
+    for name, info in plain.series_info().items():
+        if info["kind"] in ("scalar", "layers"):
+            np.testing.assert_allclose(run.series(name).values, plain.series(name).values, rtol=1e-5, err_msg=name)
+        else:
+            np.testing.assert_allclose(np.array(run.histograms(name).counts), np.array(plain.histograms(name).counts),
+                                       rtol=1e-5, atol=1e-9, err_msg=name)
     # also sent to Lightning's logger
     with open(tmp_path / "logs" / "metrics.csv") as f:
         logged = [float(r["trainspect/grad_norm"]) for r in csv.DictReader(f) if r.get("trainspect/grad_norm")]
