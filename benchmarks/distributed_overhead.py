@@ -7,6 +7,7 @@ median block times is reported. Under DDP trainspect adds, per step, the loss re
 the end-of-phase agreement (about four small all-reduces), plus two per per-sample statistic set.
 
 Run:  OMP_PROC_BIND=true OMP_PLACES=cores python benchmarks/distributed_overhead.py [--steps 40] [--blocks 5]
+      (``--world 1``: the same in one process, where the cross-rank protocol is skipped: the baseline)
 """
 
 from __future__ import annotations
@@ -97,12 +98,15 @@ def main() -> None:
     parser.add_argument("--blocks", type=int, default=5)
     parser.add_argument("--threads", type=int, default=1, help="torch threads per rank")
     parser.add_argument("--configs", default="default,cheap,economy")
+    parser.add_argument("--world", type=int, default=2, help="processes (1: the same code without the "
+                        "distributed protocol, as a baseline)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "result.json"
         ctx = multiprocessing.get_context("spawn")
-        procs = [ctx.Process(target=_worker, args=(r, 2, str(Path(tmp) / "init"), str(out), args.steps, args.blocks,
-                                                   args.threads, args.configs.split(","))) for r in range(2)]
+        procs = [ctx.Process(target=_worker, args=(r, args.world, str(Path(tmp) / "init"), str(out), args.steps,
+                                                   args.blocks, args.threads, args.configs.split(",")))
+                 for r in range(args.world)]
         for p in procs:
             p.start()
         for p in procs:
@@ -110,7 +114,8 @@ def main() -> None:
         if any(p.exitcode for p in procs):
             raise SystemExit(f"a rank failed: exit codes {[p.exitcode for p in procs]}")
         results = json.loads(out.read_text())
-    print(f"DDP, 2 gloo processes x {args.threads} thread(s), MLP 784-1000-500-100-10, batch {BATCH} per rank")
+    print(f"DDP, {args.world} gloo process(es) x {args.threads} thread(s), MLP 784-1000-500-100-10, "
+          f"batch {BATCH} per rank")
     for config, r in results.items():
         print(f"  {config:8s} plain {r['plain_ms']:7.2f} ms/step  with trainspect {r['inspected_ms']:7.2f} ms/step  "
               f"ratio {r['ratio']:.2f}x")

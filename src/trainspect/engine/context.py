@@ -57,6 +57,7 @@ class StepContext:
         self.loss_target: Any = None
         self.phase = "forward"
         self.due_instruments: list = []
+        self.scheduled_instruments: list = []  # due by schedule, disabled ones included (same on every rank)
         self.needed_providers: set[str] = set()
         self.values: dict[str, Any] = {}
         self.optimizer_stepped = False

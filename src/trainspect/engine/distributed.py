@@ -42,7 +42,9 @@ def all_reduce_sum(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
     """
     if not is_distributed() or not tensors:
         return tensors
-    flat = torch.cat([t.detach().reshape(-1).to(torch.float64) for t in tensors])
+    # one float64 buffer on the collective's device (NCCL: this rank's GPU; gloo: CPU), whatever the inputs' devices
+    device = collective_device()
+    flat = torch.cat([t.detach().reshape(-1).to(device=device, dtype=torch.float64) for t in tensors])
     if _scope is not None:  # inside an engine phase: agree with the other ranks first (no hang on failures)
         flat = _scope.all_reduce_sum(flat)
     else:
@@ -50,7 +52,7 @@ def all_reduce_sum(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
     out, offset = [], 0
     for t in tensors:
         n = t.numel()
-        out.append(flat[offset:offset + n].reshape(t.shape).to(t.dtype))
+        out.append(flat[offset:offset + n].reshape(t.shape).to(device=t.device, dtype=t.dtype))
         offset += n
     return out
 

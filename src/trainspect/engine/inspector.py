@@ -384,9 +384,9 @@ class Inspector:
         if self._pending is not None:  # the previous step never reached optimizer.step()
             self._finish(self._pending)
         ctx = StepContext(self, self._step, inputs, targets)
-        ctx.due_instruments = [
-            i for i in self.instruments if i.name not in self._disabled and self._is_due(i, ctx.step)
-        ]
+        # what the schedules say (identical on every rank), then without the disabled (may differ by rank)
+        ctx.scheduled_instruments = [i for i in self.instruments if self._is_due(i, ctx.step)]
+        ctx.due_instruments = [i for i in ctx.scheduled_instruments if i.name not in self._disabled]
         ctx.needed_providers = self._required_providers(ctx.due_instruments)
         for name in ctx.needed_providers:
             self._safe(self.provider(name).arm, ctx, source=f"provider:{name}")
@@ -421,8 +421,9 @@ class Inspector:
         self._disarm(ctx)
         ctx.phase = "gradients"
         due = [i for i in ctx.due_instruments if not i.after_update]
-        if self.world_size > 1 and due:
-            self._run_distributed(ctx, due, reduce_loss=True)
+        if self.world_size > 1:
+            scheduled = [i for i in ctx.scheduled_instruments if not i.after_update]
+            self._run_distributed(ctx, due, scheduled, reduce_loss=True)
         else:
             self._run_instruments(ctx, due)
 
@@ -464,8 +465,9 @@ class Inspector:
         ctx.phase = "update"
         try:
             due = [i for i in ctx.due_instruments if i.after_update]
-            if self.world_size > 1 and due:
-                self._run_distributed(ctx, due, reduce_loss=False)
+            if self.world_size > 1:
+                scheduled = [i for i in ctx.scheduled_instruments if i.after_update]
+                self._run_distributed(ctx, due, scheduled, reduce_loss=False)
             else:
                 self._run_instruments(ctx, due)
             record = self._record(ctx)
@@ -554,22 +556,29 @@ class Inspector:
             slots = self._slots = {id(i): k + 1 for k, i in enumerate(self.instruments)}
         return slots.get(id(inst), 0)
 
-    def _run_distributed(self, ctx: StepContext, instruments: list[Instrument], *, reduce_loss: bool) -> None:
+    def _run_distributed(
+        self, ctx: StepContext, instruments: list[Instrument], scheduled: list[Instrument], *, reduce_loss: bool
+    ) -> None:
         """Run one phase's instruments on every rank with aligned collectives (``distributed.CollectiveScope``).
 
-        Every rank runs the same phases at the same steps (schedules depend on the step only). Slot 0 is
-        the loss of the global batch (gradient phase); at the end all ranks agree on each instrument's
-        status: one that failed anywhere is disabled everywhere, one skipped anywhere is dropped this step.
+        Every rank runs the same phases at the same steps, and decides what to communicate from
+        ``scheduled`` (what the schedules say: identical on every rank), never from which instruments
+        are still enabled (that may differ by rank for a step). Collectives, only if something is scheduled:
+        the loss of the global batch (gradient phase; one plain all-reduce, every rank is here), then, unless
+        every scheduled instrument is ``local_only``, the instruments inside a scope whose end all ranks
+        agree on each instrument's status: one that failed anywhere is disabled everywhere, one skipped
+        anywhere is dropped this step.
         """
+        if not scheduled:
+            return
+        if reduce_loss:
+            self._reduce_loss(ctx)
+        if all(i.local_only for i in scheduled):  # nothing communicates: no agreement needed
+            self._run_instruments(ctx, instruments)
+            return
         scope = _dist.CollectiveScope(len(self.instruments) + 1)
         _dist.set_active_scope(scope)
         try:
-            if reduce_loss:
-                scope.enter(0)
-                try:
-                    self._reduce_loss(ctx)
-                except _dist.PeerFailure:
-                    pass
             local = torch.zeros(len(self.instruments) + 1, dtype=torch.float64)
             for slot, value in self._run_instruments(ctx, instruments, scope).items():
                 local[slot] = value
@@ -598,7 +607,7 @@ class Inspector:
         ranks the local loss was not finite (``ctx.nonfinite_loss_ranks``): a rank-local fault.
         """
         world, r = self.world_size, self.rank
-        stats = torch.zeros(3 + world, dtype=torch.float64)
+        stats = torch.zeros(3 + world, dtype=torch.float64, device=_dist.collective_device())
         if ctx.loss is not None:
             local = ctx.loss.detach().to(torch.float64).reshape(())
             n = float(ctx.batch_size or 1)
@@ -607,14 +616,14 @@ class Inspector:
             stats[2] = 1.0
             stats[3 + r] = float(not bool(torch.isfinite(local)))
         (total,) = _dist.all_reduce_sum([stats])
+        total = total.cpu()
         ctx.local_loss = ctx.loss
         ctx.nonfinite_loss_ranks = [q for q in range(world) if float(total[3 + q]) > 0]
         ctx.global_batch_size = int(total[1]) if ctx.batch_size is not None else None
         if float(total[2]) != world:  # some rank saw no loss: no loss of the global batch this step
             ctx.loss = None
             return
-        value = total[0] / total[1] if ctx.loss_reduction == "mean" else total[0]
-        ctx.loss = value.to(ctx.local_loss.device)
+        ctx.loss = total[0] / total[1] if ctx.loss_reduction == "mean" else total[0]
 
     def _record(self, ctx: StepContext) -> StepRecord:
         record = StepRecord(

@@ -21,6 +21,7 @@ class MixedPrecision(Instrument):
     """The loss scale S of the step and whether the scaler skipped it (1) or not (0)."""
 
     name = "amp"
+    local_only = True
     after_update = True
     series = (
         SeriesInfo("loss_scale", "scalar", "GradScaler loss scale S used by this step's backward",
