@@ -117,6 +117,9 @@ class TrainspectCallback(TrainerCallback):
                              "max_grad_norm": args.max_grad_norm, "gradients_measured": measured}
         self.inspector = Inspector(model, torch_optimizer, self.loss_fn, optimizer_hooks=not HAS_OPTIMIZER_EVENTS,
                                    **kwargs_)
+        # the step's loss comes from `outputs.loss` (HF's own semantics): the engine must not also pick up loss
+        # modules that a model may call inside its forward
+        self.inspector._attached_loss_seen = True
         self._handles = [
             model.register_forward_pre_hook(self._on_forward_pre, with_kwargs=True),
             model.register_forward_hook(self._on_forward, with_kwargs=True),
