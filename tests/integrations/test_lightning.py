@@ -110,3 +110,46 @@ def test_callback_records_the_run(tmp_path):
     with open(tmp_path / "logs" / "metrics.csv") as f:
         logged = [float(r["trainspect/grad_norm"]) for r in csv.DictReader(f) if r.get("trainspect/grad_norm")]
     np.testing.assert_allclose(logged, norms, rtol=1e-6)
+
+
+class _RankSlices(torch.utils.data.Sampler):
+    """Global batch b is samples [b·G, (b+1)·G); rank r of W reads the r-th of W equal slices of it."""
+
+    def __init__(self, n: int, global_batch: int):
+        self.n, self.global_batch = n, global_batch
+
+    def __iter__(self):
+        dist = torch.distributed
+        world = dist.get_world_size() if dist.is_initialized() else 1
+        rank = dist.get_rank() if dist.is_initialized() else 0
+        per = self.global_batch // world
+        for b in range(self.n // self.global_batch):
+            yield from range(b * self.global_batch + rank * per, b * self.global_batch + (rank + 1) * per)
+
+    def __len__(self):
+        return self.n
+
+
+def _fit(data, run_dir, devices: int):
+    sampler = _RankSlices(len(data), 2 * BATCH)
+    loader = torch.utils.data.DataLoader(data, batch_size=2 * BATCH // devices, sampler=sampler)
+    strategy = {"strategy": "ddp_spawn"} if devices > 1 else {}
+    trainer = pl.Trainer(accelerator="cpu", devices=devices, max_steps=STEPS, use_distributed_sampler=False,
+                         callbacks=[TrainspectCallback(run_dir=run_dir, instruments=INSTRUMENTS)], logger=False,
+                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False, **strategy)
+    trainer.fit(TinyClassifier(), loader)
+    return trainspect.open_run(run_dir)
+
+
+@pytest.mark.slow
+def test_lightning_ddp_equals_one_process_on_the_global_batch(tmp_path):
+    """Lightning's ddp_spawn strategy, 2 CPU processes (gloo): run with `pytest -m slow tests/integrations`."""
+    g = torch.Generator().manual_seed(1)
+    n = 2 * BATCH * STEPS
+    data = torch.utils.data.TensorDataset(torch.randn(n, 4, generator=g), torch.randint(0, 3, (n,), generator=g))
+    single = _fit(data, tmp_path / "single", devices=1)
+    ddp = _fit(data, tmp_path / "ddp", devices=2)
+    assert ddp.errors() == [] and set(ddp.series_names()) == set(single.series_names())
+    for name, info in single.series_info().items():
+        if info["kind"] in ("scalar", "layers"):
+            np.testing.assert_allclose(ddp.series(name).values, single.series(name).values, rtol=1e-5, err_msg=name)
