@@ -9,7 +9,7 @@ from rich.console import Console
 from torch import nn
 
 import trainspect
-from conftest import batches, tiny_mlp, train
+from tests.conftest import batches, tiny_mlp, train
 from trainspect.checks import Finding
 from trainspect.views.terminal import TerminalView, format_number
 

@@ -76,7 +76,8 @@ class ParametersBeforeUpdate(Provider):
     """A copy of θ_t taken just before ``optimizer.step()``.
 
     The copy goes into buffers kept for the whole run: allocating (and page-faulting) a fresh copy of a
-    large model every step would cost more than the copy itself.
+    large model every step would cost more than the copy itself. So the tensors are valid during this step
+    only: a consumer that keeps θ_t beyond the step must copy it.
     """
 
     name = "params_before_update"
@@ -104,30 +105,17 @@ class ParametersBeforeUpdate(Provider):
 class Update(Provider):
     """The update actually taken, Δθ_t = θ_{t+1} − θ_t, whatever the optimizer (momentum, Adam, decay).
 
-    Written into buffers kept for the whole run (no allocation per step); the snapshot of θ_t stays intact
-    for other consumers.
+    Fresh tensors each step: two-step instruments (alpha) keep the update of step t until step t+1.
     """
 
     name = "update"
     requires = ("params_before_update",)
 
-    def __init__(self, inspector: Inspector):
-        super().__init__(inspector)
-        self._buffers: list[torch.Tensor] | None = None
-
     def compute(self, ctx: StepContext) -> list[torch.Tensor]:
         if ctx.phase != "update" or not ctx.optimizer_stepped:
             raise NotAvailable("no update this step: optimizer.step() did not run (or was skipped)")
         before = ctx.get("params_before_update")
-        params = [p.detach() for p in ctx.params]
-        if self._buffers is None:
-            self._buffers = [torch.empty_like(p) for p in params]
-        torch._foreach_copy_(self._buffers, params)
-        torch._foreach_sub_(self._buffers, before)
-        return self._buffers
-
-    def close(self) -> None:
-        self._buffers = None
+        return torch._foreach_sub([p.detach() for p in ctx.params], before)
 
 
 class UpdateNorms(Provider):
