@@ -316,7 +316,8 @@ class Inspector:
         return self._begin(inputs, targets)
 
     def add_batch(self, inputs: Any, targets: Any = None) -> None:
-        """Gradient accumulation: one more micro-batch of the open step.
+        """Gradient accumulation: one more micro-batch of the open step (the first one, if the step was opened
+        without inputs: ``with inspector.step() as step: for xb, yb in micro: step.add_batch(xb, yb); ...``).
 
         The step's ``inputs``/``targets`` become the concatenation of every micro-batch (all k·B samples of
         the optimizer step), so per-sample statistics cover the whole step. The loss seen once per
