@@ -61,6 +61,18 @@ def train(model: nn.Module, batches, run_dir, instruments, *, rank: int = 0, wor
     inspector.close()
 
 
+def plain_ddp(model: nn.Module, batches, rank: int) -> None:
+    """The same DDP training without trainspect."""
+    module = nn.parallel.DistributedDataParallel(model)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    loss_fn = nn.CrossEntropyLoss()
+    for x, y in batches:
+        lo, hi = rank * LOCAL_BATCH, (rank + 1) * LOCAL_BATCH
+        optimizer.zero_grad()
+        loss_fn(module(x[lo:hi]), y[lo:hi]).backward()
+        optimizer.step()
+
+
 # -- instruments of the failure scenario (names set after class creation: not registered globally) -----
 class FailsOnRankOne(Instrument):
     """Reduces a partial sum on every rank, except rank 1, where it raises from step 1 on."""
@@ -113,6 +125,12 @@ def run(rank: int, world: int, init_file: str, out_dir: str) -> None:
         # 3. a NaN in rank 1's batch at step 2: the finding names rank 1
         train(make_model(), batches, out / "nan", ["loss", "nonfinite"], rank=rank, world=world, ddp=True,
               poison=(2, 1))
+        # 4. trainspect attached on rank 0 only (a common slip): no hang, rank 0 records its own values
+        dist_utils.ATTACH_TIMEOUT_S = 3.0
+        if rank == 0:
+            train(make_model(), batches, out / "rank0_only", ["loss", "grad_norm"], rank=rank, world=world, ddp=True)
+        else:
+            plain_ddp(make_model(), batches, rank)
         torch.distributed.barrier()
         (out / f"done-{rank}.json").write_text(json.dumps({"rank": rank, "pid": os.getpid()}))
     finally:

@@ -105,3 +105,15 @@ def test_rank_local_nan_names_the_rank(ddp_runs):
     assert findings[0]["rank"] == 1 and findings[0]["first_step"] == 2
     _, loss = run.scalar("loss")
     assert np.isfinite(loss[:2]).all() and np.isnan(loss[2])
+
+
+def test_attached_on_rank_zero_only_does_not_hang(ddp_runs):
+    run = trainspect.open_run(ddp_runs / "rank0_only")
+    steps, loss = run.scalar("loss")
+    np.testing.assert_array_equal(steps, np.arange(ddp_worker.STEPS))
+    # rank 0's own loss: its slice of the global batch (the model is the same on both ranks at step 0)
+    x, y = ddp_worker.global_batches(WORLD)[0]
+    with torch.no_grad():
+        local = torch.nn.functional.cross_entropy(ddp_worker.make_model()(x[:ddp_worker.LOCAL_BATCH]),
+                                                  y[:ddp_worker.LOCAL_BATCH])
+    np.testing.assert_allclose(loss[0], float(local), rtol=1e-10)

@@ -8,6 +8,8 @@ functions at the same steps in the same order (schedules depend on the step only
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 import torch
 
 
@@ -21,6 +23,45 @@ def rank() -> int:
 
 def world_size() -> int:
     return torch.distributed.get_world_size() if is_distributed() else 1
+
+
+#: how long rank 0 waits, at attach, for every rank to attach its inspector (then it gives up communicating)
+ATTACH_TIMEOUT_S = 120.0
+_attach_count = 0
+
+
+def attach_handshake(timeout_s: float | None = None) -> list[int]:
+    """Check that every rank attached an inspector; returns the ranks that did not (empty: all did).
+
+    A common slip is ``if rank == 0: trainspect.attach(...)``: rank 0 would then wait forever in its first
+    collective. Through the process group's key-value store (no collective), each rank announces its k-th
+    attach; rank 0 waits up to ``timeout_s`` for all of them and publishes the outcome, which every rank
+    follows. If some rank is missing, the inspectors that did attach communicate nothing (they record their
+    own rank's values) instead of hanging. One store round trip per attach.
+    """
+    global _attach_count
+    if not is_distributed():
+        return []
+    timeout_s = ATTACH_TIMEOUT_S if timeout_s is None else timeout_s
+    k, r, w = _attach_count, rank(), world_size()
+    _attach_count += 1
+    store = torch.distributed.distributed_c10d._get_default_store()
+    prefix = f"trainspect/attach/{k}"
+    store.set(f"{prefix}/rank{r}", "1")
+    if r == 0:
+        try:
+            store.wait([f"{prefix}/rank{q}" for q in range(w)], timedelta(seconds=timeout_s))
+            missing: list[int] = []
+        except Exception:  # DistStoreError (a RuntimeError) on timeout
+            missing = [q for q in range(w) if not store.check([f"{prefix}/rank{q}"])]
+        store.set(f"{prefix}/missing", ",".join(map(str, missing)))
+        return missing
+    try:
+        store.wait([f"{prefix}/missing"], timedelta(seconds=timeout_s + 60))
+        text = store.get(f"{prefix}/missing").decode()
+    except Exception:  # rank 0 never attached
+        return [0]
+    return [int(q) for q in text.split(",")] if text else []
 
 
 def collective_device() -> torch.device:

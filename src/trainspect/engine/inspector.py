@@ -202,6 +202,16 @@ class Inspector:
         # distributed: every rank computes (the collectives need all of them), only rank 0 writes and shows
         self.rank = _dist.rank()
         self.world_size = _dist.world_size()
+        if self.world_size > 1:
+            missing = _dist.attach_handshake()
+            if missing:  # communicating would hang the ranks that did attach: record this rank's own values
+                warnings.warn(
+                    f"trainspect: rank(s) {', '.join(map(str, missing))} did not attach an inspector (within "
+                    f"{_dist.ATTACH_TIMEOUT_S:.0f} s); call trainspect.attach on every rank (only rank 0 writes). "
+                    f"This inspector records rank {self.rank}'s own values and communicates nothing.",
+                    RuntimeWarning, stacklevel=3,
+                )
+                self.world_size = 1
         if self.rank != 0:
             store = False
             progress = False
