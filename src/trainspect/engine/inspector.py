@@ -16,6 +16,7 @@ with its traceback, disabled, and training continues.
 
 from __future__ import annotations
 
+import os
 import platform
 import sys
 import time
@@ -94,8 +95,10 @@ class Inspector:
         progress: ``"auto"`` (live terminal panel if stdout is a terminal), ``True`` or ``False``.
         total_steps: expected number of steps, for the progress bar's ETA.
         overwrite: replace a run already in ``run_dir``.
-        store: write the run store (False: nothing written). Under ``torch.distributed`` only rank 0 writes
-            (and shows progress), whatever this says.
+        store: write the run store: True (automatic: a writer process commits each step when a CPU core is
+            left over by torch's threads, else commits in this process), ``"process"``, ``"sync"`` (commits
+            in this process), False (nothing written). Under ``torch.distributed`` only rank 0 writes (and shows
+            progress), whatever this says.
         sinks: further sinks (e.g. TensorBoard).
         config: user hyper-parameters to record with the run.
         optimizer_hooks: register step hooks on ``optimizer`` (False: an integration drives the phases with
@@ -120,7 +123,7 @@ class Inspector:
         progress: bool | str = "auto",
         total_steps: int | None = None,
         overwrite: bool = False,
-        store: bool = True,
+        store: bool | str = True,
         sinks: Iterable[Sink] = (),
         config: Mapping[str, Any] | None = None,
         name: str | None = None,
@@ -221,7 +224,7 @@ class Inspector:
             if run_dir is None:
                 stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
                 run_dir = Path("runs") / f"{stamp}-{type(model).__name__.lower()}"
-            self.store = StoreWriter(run_dir, overwrite=overwrite)
+            self.store = StoreWriter(run_dir, overwrite=overwrite, sync=_store_in_process(store))
             self.run_dir = self.store.run_dir
             self.sinks.append(self.store)
         self.sinks.extend(sinks)
@@ -870,6 +873,23 @@ class Inspector:
             },
             "command": " ".join(sys.argv),
         }
+
+
+def _store_in_process(store: bool | str) -> bool:
+    """Where the store commits: a writer process only pays off when it has a core of its own.
+
+    Measured on 2 pinned cores with torch on both, the writer process (0.7 ms/step on the digits MLP) cost
+    more than committing in the training process (0.5 ms/step): it competes with torch's threads.
+    """
+    if store in ("sync", "process"):
+        return store == "sync"
+    if store is not True:
+        raise ValueError(f"trainspect.attach: store must be True, False, 'sync' or 'process', got {store!r}")
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cores = os.cpu_count() or 1
+    return cores <= torch.get_num_threads()
 
 
 def attach(
