@@ -23,6 +23,9 @@ from trainspect.engine.values import Histogram, Histogram2d, SeriesInfo
 from trainspect.instruments import INSTRUMENTS, Instrument
 from trainspect.providers import PROVIDERS, Provider
 
+# post-training diagnosis (MD tree)
+from trainspect.diagnosis import diagnose
+
 # reading runs
 from trainspect.store import RunReader, list_runs, open_run
 
@@ -42,6 +45,7 @@ __all__ = [
     "SeriesInfo",
     "__version__",
     "attach",
+    "diagnose",
     "every",
     "first",
     "list_runs",

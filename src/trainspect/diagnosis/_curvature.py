@@ -29,7 +29,8 @@ def hessian_top_and_trace(model: nn.Module, loss_fn: Callable, inputs: torch.Ten
     from trainspect.functional.trace import hutchinson_trace
 
     op = HessianOperator(model, loss_fn, inputs, targets)
-    eig = lanczos_extreme_eigenvalues(op.matvec, op.dim, rtol=rtol, max_iter=max_iter, seed=seed)
-    tr = hutchinson_trace(op.matvec, op.dim, trace_matvecs, seed)
+    eig = lanczos_extreme_eigenvalues(op.matvec, op.dim, rtol=rtol, max_iter=max_iter, seed=seed,
+                                      which="largest")
+    tr = hutchinson_trace(op.matvec, op.dim, trace_matvecs, seed, matmat=op.matmat)
     return (float(eig.largest), float(tr.value), float(tr.standard_error), int(eig.num_matvecs + tr.num_matvecs),
             bool(eig.converged))

@@ -278,12 +278,14 @@ def _index_features(root: Split | Leaf) -> dict[int, str]:
 
 def fit_md_tree(table: Mapping[str, np.ndarray], labels: np.ndarray, shape: str = "Q1",
                 bounds: list[tuple[float, float] | None] | None = None,
-                initial: list[float] | None = None) -> MDTree:
+                initial: list[float] | None = None, sweeps: int = 1) -> MDTree:
     """Fit the thresholds of an MD tree of ``shape`` on rows of ``table`` with class ``labels``.
 
     Rows whose label is ``None`` ('optimal') or that miss a feature of the shape are dropped. One coordinate
-    sweep in index order; θᵢ ← bounded-Brent minimiser of −accuracy over its bounds (the current value is kept
-    when Brent, on this step-function objective, lands on a worse point). Cost: milliseconds on a few hundred rows.
+    sweep in index order (``sweeps`` > 1 repeats it; the paper does one); θᵢ ← bounded-Brent minimiser of
+    −accuracy over its bounds (the current value is kept when Brent, on this step-function objective, lands on a
+    worse point). The result is a local optimum that depends on the initial values and bounds. Cost: milliseconds
+    on a few hundred rows.
     """
     try:
         from scipy.optimize import minimize_scalar
@@ -309,7 +311,7 @@ def fit_md_tree(table: Mapping[str, np.ndarray], labels: np.ndarray, shape: str 
     def accuracy(th: np.ndarray) -> float:
         return float(np.mean(_predict(spec.root, th, sub) == y))
 
-    for i, (lo, hi) in enumerate(b):
+    for i, (lo, hi) in [(i, bi) for _ in range(max(1, sweeps)) for i, bi in enumerate(b)]:
         def objective(v: float, i: int = i) -> float:
             th = theta.copy()
             th[i] = v
@@ -339,3 +341,24 @@ def load_trees(path: str | Path | None = None) -> dict[str, MDTree]:
 def save_trees(trees: Mapping[str, MDTree], path: str | Path, meta: Mapping | None = None) -> None:
     Path(path).write_text(json.dumps({"meta": dict(meta or {}), "trees": {k: t.to_dict() for k, t in trees.items()}},
                                      indent=2) + "\n")
+
+
+#: Which label column each shape is fitted on.
+LABEL_COLUMNS = {"Q1": "bs_failure", "Q1-cka": "bs_failure", "Q2a": "width_vs_batch", "Q2b": "data_vs_batch"}
+
+
+def fit_trees(table: Mapping[str, np.ndarray], shapes: tuple[str, ...] = ("Q1", "Q1-cka", "Q2a", "Q2b"),
+              q2b_min_width: float | None = None) -> dict[str, MDTree]:
+    """Fit every MD-tree shape on a zoo table (see :func:`trainspect.diagnosis.zoo.zoo_table`): features and the
+    label columns ``bs_failure``/``width_vs_batch``/``data_vs_batch``. ``q2b_min_width`` restricts Q2b to the
+    wider models, as the paper (``--model-min-width 32``)."""
+    trees = {}
+    for shape in shapes:
+        labels = np.asarray(table[LABEL_COLUMNS[shape]], dtype=object)
+        sub = table
+        if shape == "Q2b" and q2b_min_width is not None:
+            keep = np.asarray(table["width"], dtype=float) >= q2b_min_width
+            sub = {k: np.asarray(v)[keep] for k, v in table.items()}
+            labels = labels[keep]
+        trees[shape] = fit_md_tree(sub, labels, shape)
+    return trees
