@@ -207,6 +207,10 @@ class Inspector:
         self._handles: list[Any] = []
         if isinstance(loss_fn, nn.Module):
             self._handles.append(loss_fn.register_forward_hook(self._on_loss_forward))
+        # A common slip: attach(..., nn.CrossEntropyLoss()) but the loop calls another instance. Until the
+        # attached loss is seen, a global forward hook picks up any torch loss module called in the step.
+        self._global_loss_hook: Any = None
+        self._attached_loss_seen = False
         if optimizer is not None:
             self._handles.append(optimizer.register_step_pre_hook(self._on_optimizer_pre))
             self._handles.append(optimizer.register_step_post_hook(self._on_optimizer_post))
@@ -287,6 +291,9 @@ class Inspector:
         for h in self._handles:
             h.remove()
         self._handles.clear()
+        if self._global_loss_hook is not None:
+            self._global_loss_hook.remove()
+            self._global_loss_hook = None
         for p in self._providers.values():
             self._safe(p.close, source=f"provider:{p.name}")
         end = {"end_time": datetime.now(timezone.utc).isoformat(), "status": "finished", "steps": self._step}
@@ -320,6 +327,8 @@ class Inspector:
         ctx.needed_providers = self._required_providers(ctx.due_instruments)
         for name in ctx.needed_providers:
             self._safe(self.provider(name).arm, ctx, source=f"provider:{name}")
+        if not self._attached_loss_seen and self._global_loss_hook is None:
+            self._global_loss_hook = nn.modules.module.register_module_forward_hook(self._on_any_loss_forward)
         self._ctx = ctx
         ctx.t_enter = time.perf_counter()
         ctx.overhead_seconds += ctx.t_enter - t0
@@ -330,6 +339,9 @@ class Inspector:
         if ctx is None:
             return
         t0 = time.perf_counter()
+        if self._global_loss_hook is not None:
+            self._global_loss_hook.remove()
+            self._global_loss_hook = None
         ctx.user_seconds += t0 - ctx.t_enter
         self._ctx = None
         if failed:  # the user's step raised: drop it without recording, never mask their exception
@@ -461,7 +473,24 @@ class Inspector:
         return record
 
     def _put(self, record: StepRecord, key: str, value: Any, inst: Instrument) -> None:
-        if isinstance(value, Histogram):
+        # most values are 0-d tensors or floats: test for them first (this runs for every value of every step)
+        if isinstance(value, torch.Tensor):
+            if value.dim() == 0:
+                record.scalars[key] = value.item()
+                return
+            if value.dim() == 1:
+                self._put_layers(record, key, value, inst)
+                return
+            if value.numel() == 1:
+                record.scalars[key] = value.reshape(()).item()
+                return
+            raise ValueError(
+                f"instrument {inst.name!r} returned series {key!r} as a tensor of shape {tuple(value.shape)}; "
+                "expected a scalar, a per-layer vector, a Histogram, Histogram2d or Curve"
+            )
+        if isinstance(value, (float, int)):
+            record.scalars[key] = float(value)
+        elif isinstance(value, Histogram):
             record.histograms[key] = HistogramValue(to_numpy(value.counts), to_numpy(value.edges))
         elif isinstance(value, Curve):
             record.histograms[key] = HistogramValue(to_numpy(value.y), to_numpy(value.x))
@@ -469,18 +498,19 @@ class Inspector:
             record.histograms[key] = HistogramValue(
                 to_numpy(value.counts), to_numpy(value.x_edges), to_numpy(value.y_edges)
             )
-        elif isinstance(value, (torch.Tensor, np.ndarray)) and value.ndim == 1:
-            vec = to_numpy(value)
-            if vec.shape[0] != len(self.params):
-                raise ValueError(
-                    f"instrument {inst.name!r} returned per-layer series {key!r} with {vec.shape[0]} entries; "
-                    f"expected one per tracked parameter ({len(self.params)})"
-                )
-            record.layers[key] = vec
-        elif isinstance(value, torch.Tensor):
-            record.scalars[key] = float(value.detach().reshape(()).item())
+        elif isinstance(value, np.ndarray) and value.ndim == 1:
+            self._put_layers(record, key, value, inst)
         else:
             record.scalars[key] = float(value)
+
+    def _put_layers(self, record: StepRecord, key: str, value: Any, inst: Instrument) -> None:
+        vec = to_numpy(value)
+        if vec.shape[0] != len(self.params):
+            raise ValueError(
+                f"instrument {inst.name!r} returned per-layer series {key!r} with {vec.shape[0]} entries; "
+                f"expected one per tracked parameter ({len(self.params)})"
+            )
+        record.layers[key] = vec
 
     def _fail(self, source: str, name: str, step: int | None, error: BaseException, what: str = "") -> None:
         """Record a failure once, with its traceback, and disable the failing part for the rest of the run."""
@@ -510,10 +540,16 @@ class Inspector:
                 self.sinks = [s for s in self.sinks if type(s).__name__ != name]
             return None
 
-    def _on_loss_forward(self, module: nn.Module, args: Any, output: Any) -> None:
+    def _on_any_loss_forward(self, module: nn.Module, args: Any, output: Any) -> None:
+        if isinstance(module, nn.modules.loss._Loss) and module is not self._user_loss_fn:
+            self._on_loss_forward(module, args, output, attached=False)
+
+    def _on_loss_forward(self, module: nn.Module, args: Any, output: Any, attached: bool = True) -> None:
         ctx = self._ctx
         if ctx is None:
             return
+        if attached:
+            self._attached_loss_seen = True
         ctx.loss_reduction = getattr(module, "reduction", ctx.loss_reduction)
         self._set_loss(output, args)
 
