@@ -161,7 +161,10 @@ def _tasks(recipe: ZooRecipe, grid: Grid, cache: ZooCache, stages: Iterable[str]
     for w, bs, d in grid.configs():
         for s in grid.seeds:
             row = cache.model_row(recipe.name, w, bs, d, s)
-            if "train" in stages and (row is None or row["state"] is None):
+            untrained = row is None or row["state"] is None
+            if untrained and "train" not in stages:
+                continue  # measure what exists; a later build with the train stage fills the rest
+            if "train" in stages and untrained:
                 todo.append(("train", w, bs, d, s))
             if "eval" in stages and (row is None or row["test_error"] is None):
                 todo.append(("eval", w, bs, d, s))
@@ -169,6 +172,8 @@ def _tasks(recipe: ZooRecipe, grid: Grid, cache: ZooCache, stages: Iterable[str]
                 todo.append(("hessian", w, bs, d, s))
         if "pairs" in stages and len(grid.seeds) >= 2:
             a, b = grid.seeds[0], grid.seeds[1]
+            if "train" not in stages and any(cache.model_row(recipe.name, w, bs, d, s) is None for s in (a, b)):
+                continue
             row = cache.pair_row(recipe.name, w, bs, d, a, b)
             if row is None or row["mc_peak"] is None or row["cka"] is None or row["linear_peak"] is None:
                 todo.append(("pairs", w, bs, d, a, b))
