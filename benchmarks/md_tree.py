@@ -45,7 +45,8 @@ def main(argv: list[str] | None = None) -> int:
           f"F = {args.clean} ({len(f['width'])} configs), F' = {args.noisy} ({len(g['width'])} configs)\n")
     short = {"Hyperparameter + DT": "Hyper DT", "Validation + DT": "Val DT", "Hyper + Validation + DT": "Hyp+Val DT",
              "Loss landscape + DT": "LL-metric DT", "MD tree": "MD tree", "MD tree (CKA)": "MD (CKA)"}
-    header = f"{'case':<27} {'train sample':<22} {'n_tr':>5} {'n_te':>5} " + " ".join(f"{short[m]:>13}" for m in METHODS)
+    header = f"{'case':<27} {'train sample':<22} {'n_tr':>5} {'n_te':>5} "
+    header += " ".join(f"{short[m]:>13}" for m in METHODS)
     print(header)
     print("-" * len(header))
     results = {}

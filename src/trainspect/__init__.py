@@ -15,6 +15,9 @@ __version__ = "0.1.0"
 # the engine
 from trainspect.checks import CHECKS, Check, Finding
 from trainspect.configurations import CONFIGURATIONS
+
+# post-training diagnosis (MD tree)
+from trainspect.diagnosis import diagnose
 from trainspect.engine.inspector import Inspector, attach
 from trainspect.engine.schedules import every, first, logarithmic
 
@@ -22,9 +25,6 @@ from trainspect.engine.schedules import every, first, logarithmic
 from trainspect.engine.values import Histogram, Histogram2d, SeriesInfo
 from trainspect.instruments import INSTRUMENTS, Instrument
 from trainspect.providers import PROVIDERS, Provider
-
-# post-training diagnosis (MD tree)
-from trainspect.diagnosis import diagnose
 
 # reading runs
 from trainspect.store import RunReader, list_runs, open_run

@@ -12,8 +12,8 @@ from torch import nn
 
 def curvature_available() -> bool:
     try:
-        import trainspect.functional.hvp  # noqa: F401
-        import trainspect.functional.lanczos  # noqa: F401
+        import trainspect.functional.hvp
+        import trainspect.functional.lanczos
         import trainspect.functional.trace  # noqa: F401
     except ImportError:
         return False
