@@ -154,11 +154,13 @@ class ZooCache:
         self.db.commit()
 
 
-def _tasks(recipe: ZooRecipe, grid: Grid, cache: ZooCache, stages: Iterable[str]) -> list[tuple]:
-    """The work still missing, as (stage, config, seed(s)) tuples, in an order that trains before measuring."""
+def _tasks(recipe: ZooRecipe, grid: Grid, cache: ZooCache, stages: Iterable[str], reverse: bool = False
+           ) -> list[tuple]:
+    """The work still missing, as (stage, config, seed(s)) tuples, in an order that trains before measuring
+    (``reverse``: configurations from the end of the grid, so a second process can share a build)."""
     stages = set(stages)
     todo: list[tuple] = []
-    for w, bs, d in grid.configs():
+    for w, bs, d in (grid.configs()[::-1] if reverse else grid.configs()):
         for s in grid.seeds:
             row = cache.model_row(recipe.name, w, bs, d, s)
             untrained = row is None or row["state"] is None
@@ -182,13 +184,14 @@ def _tasks(recipe: ZooRecipe, grid: Grid, cache: ZooCache, stages: Iterable[str]
 
 def build_zoo(recipe: ZooRecipe | str, grid: Grid, cache_path: str | Path, *, stages: Iterable[str] = STAGES,
               settings: ZooSettings | None = None, progress: bool = True,
-              on_task: Callable[[tuple, float], None] | None = None) -> Path:
+              on_task: Callable[[tuple, float], None] | None = None, reverse: bool = False) -> Path:
     """Train and measure every missing piece of ``grid`` for ``recipe`` into the SQLite file ``cache_path``.
 
     Interrupting is safe (every finished piece is committed); rerunning resumes. ``stages`` picks the work:
     ``train`` (state dicts), ``eval`` (train/test loss and error), ``hessian`` (top eigenvalue and trace; skipped
     with a notice if the curvature machinery is missing), ``pairs`` (Bezier and linear connectivity and CKA
-    between seeds 0 and 1 of each configuration; the Bezier fit is the expensive part).
+    between seeds 0 and 1 of each configuration; the Bezier fit is the expensive part). A piece another process
+    finished in the meantime is skipped, so two processes (one with ``reverse=True``) can share a build.
     """
     recipe = get_recipe(recipe) if isinstance(recipe, str) else recipe
     settings = settings or ZooSettings()
@@ -206,11 +209,14 @@ def build_zoo(recipe: ZooRecipe | str, grid: Grid, cache_path: str | Path, *, st
     cache = ZooCache(cache_path)
     data = recipe.data()
     try:
-        todo = _tasks(recipe, grid, cache, stages)
+        todo = _tasks(recipe, grid, cache, stages, reverse)
         if not todo:
             return cache.path
         bar = _progress(progress, len(todo), recipe.name)
         for task in todo:
+            if not _still_missing(cache, recipe, task):
+                bar.advance(task)
+                continue
             start = time.perf_counter()
             _run_task(recipe, cache, data, task, settings)
             if on_task:
@@ -220,6 +226,16 @@ def build_zoo(recipe: ZooRecipe | str, grid: Grid, cache_path: str | Path, *, st
     finally:
         cache.close()
     return Path(cache_path)
+
+
+def _still_missing(cache: ZooCache, recipe: ZooRecipe, task: tuple) -> bool:
+    stage, w, bs, d = task[:4]
+    if stage == "pairs":
+        row = cache.pair_row(recipe.name, w, bs, d, task[4], task[5])
+        return row is None or row["mc_peak"] is None or row["cka"] is None or row["linear_peak"] is None
+    row = cache.model_row(recipe.name, w, bs, d, task[4])
+    column = {"train": "state", "eval": "test_error", "hessian": "hessian_trace"}[stage]
+    return row is None or row[column] is None
 
 
 def _run_task(recipe: ZooRecipe, cache: ZooCache, data, task: tuple, settings: ZooSettings) -> None:
