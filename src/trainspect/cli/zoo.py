@@ -32,7 +32,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--csv", default=None, help="write the table to this CSV file")
     t.set_defaults(func=_table)
     f = zs.add_parser("fit", help="fit the MD trees on a collection and write them as JSON (for diagnose --trees)")
-    f.add_argument("--recipe", default="digits-mlp")
+    f.add_argument("--recipe", default="digits-mlp", help="comma-separated: fit on the union of these collections")
     f.add_argument("--grid", default=None, choices=sorted(GRIDS))
     f.add_argument("--cache", default="zoo/digits.sqlite")
     f.add_argument("--q2b-min-width", type=float, default=16, help="fit Q2b on widths ≥ this (paper: 32 of 2..128)")
@@ -72,9 +72,10 @@ def _table(args: argparse.Namespace) -> int:
 
 def _fit(args: argparse.Namespace) -> int:
     from trainspect.diagnosis.tree import fit_trees, save_trees
-    from trainspect.diagnosis.zoo import GRIDS, zoo_table
+    from trainspect.diagnosis.zoo import GRIDS, concat_tables, zoo_table
 
-    table = zoo_table(args.cache, args.recipe, GRIDS[args.grid] if args.grid else None)
+    grid = GRIDS[args.grid] if args.grid else None
+    table = concat_tables(*(zoo_table(args.cache, r.strip(), grid) for r in args.recipe.split(",")))
     trees = fit_trees(table, q2b_min_width=args.q2b_min_width)
     save_trees(trees, args.out, {"recipe": args.recipe, "grid": args.grid, "cache": str(Path(args.cache).name),
                                  "q2b_min_width": args.q2b_min_width})

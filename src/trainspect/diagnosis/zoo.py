@@ -380,6 +380,12 @@ def _known_recipes() -> set[str]:
     return set(RECIPES)
 
 
+def concat_tables(*tables: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Rows of several zoo tables (e.g. a clean and a noisy collection, each labelled on its own grid)."""
+    cols = set.intersection(*(set(t) for t in tables))
+    return {c: np.concatenate([np.asarray(t[c]) for t in tables]) for c in cols}
+
+
 def table_to_csv(table: dict[str, np.ndarray], path: str | Path) -> None:
     """Write a zoo table as CSV (one row per configuration)."""
     cols = list(table)
