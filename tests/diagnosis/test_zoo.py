@@ -33,7 +33,7 @@ def test_build_trains_and_measures_every_configuration_and_resumes(zoo):
     db = sqlite3.connect(path)
     assert db.execute("SELECT COUNT(*) FROM models WHERE hessian_trace IS NOT NULL AND test_error IS NOT NULL"
                       ).fetchone()[0] == n_models
-    db.execute("UPDATE pairs SET cka = NULL WHERE width = 4")  # as if interrupted before CKA
+    db.execute("UPDATE pairs SET cka = NULL, cka_seconds = NULL WHERE width = 4")  # interrupted before CKA
     db.commit()
     db.close()
     again: list[tuple] = []

@@ -59,6 +59,9 @@ GRIDS: dict[str, Grid] = {
 }
 
 STAGES = ("train", "eval", "hessian", "pairs")
+#: A piece is done when its *_seconds column is set: the value itself may be NULL where the metric is undefined
+#: (CKA of a diverged model with constant outputs, the log of a non-positive trace).
+_PAIR_DONE = ("mc_seconds", "linear_seconds", "cka_seconds")
 
 
 @dataclass
@@ -168,16 +171,16 @@ def _tasks(recipe: ZooRecipe, grid: Grid, cache: ZooCache, stages: Iterable[str]
                 continue  # measure what exists; a later build with the train stage fills the rest
             if "train" in stages and untrained:
                 todo.append(("train", w, bs, d, s))
-            if "eval" in stages and (row is None or row["test_error"] is None):
+            if "eval" in stages and (row is None or row["eval_seconds"] is None):
                 todo.append(("eval", w, bs, d, s))
-            if "hessian" in stages and (row is None or row["hessian_trace"] is None):
+            if "hessian" in stages and (row is None or row["hessian_seconds"] is None):
                 todo.append(("hessian", w, bs, d, s))
         if "pairs" in stages and len(grid.seeds) >= 2:
             a, b = grid.seeds[0], grid.seeds[1]
             if "train" not in stages and any(cache.model_row(recipe.name, w, bs, d, s) is None for s in (a, b)):
                 continue
             row = cache.pair_row(recipe.name, w, bs, d, a, b)
-            if row is None or row["mc_peak"] is None or row["cka"] is None or row["linear_peak"] is None:
+            if row is None or any(row[c] is None for c in _PAIR_DONE):
                 todo.append(("pairs", w, bs, d, a, b))
     return todo
 
@@ -232,9 +235,9 @@ def _still_missing(cache: ZooCache, recipe: ZooRecipe, task: tuple) -> bool:
     stage, w, bs, d = task[:4]
     if stage == "pairs":
         row = cache.pair_row(recipe.name, w, bs, d, task[4], task[5])
-        return row is None or row["mc_peak"] is None or row["cka"] is None or row["linear_peak"] is None
+        return row is None or any(row[c] is None for c in _PAIR_DONE)
     row = cache.model_row(recipe.name, w, bs, d, task[4])
-    column = {"train": "state", "eval": "test_error", "hessian": "hessian_trace"}[stage]
+    column = {"train": "state", "eval": "eval_seconds", "hessian": "hessian_seconds"}[stage]
     return row is None or row[column] is None
 
 
@@ -256,8 +259,14 @@ def _run_task(recipe: ZooRecipe, cache: ZooCache, data, task: tuple, settings: Z
             cache.update_model(recipe.name, w, bs, d, s, train_loss=tr.loss, train_error=tr.error,
                                test_loss=te.loss, test_error=te.error, eval_seconds=tr.seconds + te.seconds)
         else:
-            h = hessian_metrics(model, x, y, num_samples=settings.hessian_samples, seed=s,
-                                trace_matvecs=settings.trace_matvecs)
+            start = time.perf_counter()
+            try:
+                h = hessian_metrics(model, x, y, num_samples=settings.hessian_samples, seed=s,
+                                    trace_matvecs=settings.trace_matvecs)
+            except (ValueError, RuntimeError) as error:  # e.g. a diverged model with non-finite weights
+                print(f"zoo: Hessian of {recipe.name} {task[1:]} undefined ({error}); stored as NULL")
+                cache.update_model(recipe.name, w, bs, d, s, hessian_seconds=time.perf_counter() - start)
+                return
             cache.update_model(recipe.name, w, bs, d, s, hessian_top=h.top_eigenvalue, hessian_trace=h.trace,
                                hessian_trace_se=h.trace_standard_error, hessian_matvecs=h.num_matvecs,
                                hessian_seconds=h.seconds)
@@ -265,14 +274,19 @@ def _run_task(recipe: ZooRecipe, cache: ZooCache, data, task: tuple, settings: Z
     a, b = task[4], task[5]
     ma, mb = _require(cache, recipe, w, bs, d, a), _require(cache, recipe, w, bs, d, b)
     row = cache.pair_row(recipe.name, w, bs, d, a, b)
-    if row is None or row["linear_peak"] is None:
+    if row is None or row["linear_seconds"] is None:
         lin = linear_interpolation_connectivity(ma, mb, x, y, num_points=settings.linear_points)
         cache.update_pair(recipe.name, w, bs, d, a, b, linear_peak=lin.peak, linear_barrier=lin.barrier,
                           linear_errors=json.dumps(lin.errors), linear_seconds=lin.seconds)
-    if row is None or row["cka"] is None:
-        c = output_cka(ma, mb, x, num_batches=settings.cka_batches, batch_size=settings.cka_batch_size, seed=a)
-        cache.update_pair(recipe.name, w, bs, d, a, b, cka=c.value, cka_seconds=c.seconds)
-    if row is None or row["mc_peak"] is None:
+    if row is None or row["cka_seconds"] is None:
+        start = time.perf_counter()
+        try:
+            c = output_cka(ma, mb, x, num_batches=settings.cka_batches, batch_size=settings.cka_batch_size, seed=a)
+            value = c.value
+        except ValueError:  # constant outputs (a diverged model): CKA is undefined, stored as NULL
+            value = None
+        cache.update_pair(recipe.name, w, bs, d, a, b, cka=value, cka_seconds=time.perf_counter() - start)
+    if row is None or row["mc_seconds"] is None:
         mc = bezier_mode_connectivity(ma, mb, x, y, epochs=settings.curve_epochs, batch_size=settings.curve_batch_size,
                                       lr=settings.curve_lr, seed=a)
         cache.update_pair(recipe.name, w, bs, d, a, b, mc_peak=mc.peak, mc_signed=mc.signed,
