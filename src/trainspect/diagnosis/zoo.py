@@ -53,6 +53,7 @@ class Grid:
 #: (~25 min on one free core per collection); ``full`` is the documented full build (finer axes, 3 seeds).
 GRIDS: dict[str, Grid] = {
     "tiny": Grid((4, 32), (16, 128), (0.5, 1.0), (0, 1)),
+    "small": Grid((8, 16, 32), (16, 32, 64, 128, 256), (0.25, 0.5, 1.0), (0, 1)),
     "session": Grid((4, 8, 16, 32, 64), (8, 16, 32, 64, 128, 256), (0.25, 0.5, 0.75, 1.0), (0, 1)),
     "full": Grid((3, 4, 6, 8, 11, 16, 23, 32, 64), (8, 11, 16, 23, 32, 45, 64, 91, 128, 181, 256),
                  (0.2, 0.4, 0.6, 0.8, 1.0), (0, 1, 2)),
