@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 import trainspect
-from conftest import batches, tiny_mlp, train
+from tests.conftest import batches, tiny_mlp, train
 from trainspect import Instrument, SeriesInfo
 from trainspect.store import StoreError, open_run
 
@@ -323,7 +323,7 @@ def test_loss_is_found_when_the_loop_uses_another_loss_instance(run_dir):
     seen = []
 
     def remember(i):
-        seen.append(float(criterion(model(data[i][0]), data[i][1])))
+        seen.append(criterion(model(data[i][0]), data[i][1]).item())
 
     data = batches(3)
     train(inspector, model, optimizer, criterion, data, on_step=remember)

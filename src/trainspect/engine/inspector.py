@@ -588,6 +588,20 @@ class Inspector:
                 raise ValueError(f"unknown check {c!r}; known: {', '.join(sorted(CHECKS)) or '(none)'}")
         return out
 
+    def log_samples(self, inputs: Any, outputs: Any, targets: Any, **options: Any) -> bool:
+        """Store this step's examples (inputs, predictions, targets) on a schedule, for the samples view.
+
+        ``outputs`` are class scores (N × C: argmax, softmax and per-example cross-entropy are derived)
+        or predictions (N,). Options (see :func:`trainspect.views.samples.log_samples`): ``schedule``
+        (default every 100 steps), ``losses``, ``max_samples``, ``input_kind``, ``image_shape``,
+        ``class_names``, ``decode`` (token ids → text). Returns True if stored at this step.
+        """
+        from trainspect.views.samples import log_samples
+
+        current = self._ctx or self._pending  # inside the block, or before optimizer.step() finished it
+        step = current.step if current is not None else max(self._step - 1, 0)
+        return log_samples(self, inputs, outputs, targets, step=step, **options)
+
     def _run_meta(self, config: Mapping[str, Any] | None) -> dict[str, Any]:
         from trainspect import __version__
 
