@@ -142,14 +142,16 @@ def diagnose(
     models = [model] + ([sibling] if sibling is not None else [])
 
     per_model: dict[str, list[float]] = {}
+    matvecs = 0
     for i, m in enumerate(models):
         tr = loss_and_error(m, x, y, loss_fn)
         va = loss_and_error(m, xv, yv, loss_fn)
         _add_cost(costs, "loss/error", tr.seconds + va.seconds, f"forward over {tr.num_samples + va.num_samples} "
-                  "samples per model")
+                  f"samples × {len(models)} model(s)")
         h = hessian_metrics(m, x, y, loss_fn, num_samples=hessian_samples, seed=seed + i, trace_matvecs=trace_matvecs)
-        _add_cost(costs, "Hessian top/trace", h.seconds, f"{h.num_matvecs} Hessian-vector products on "
-                  f"{h.num_samples} samples per model")
+        matvecs += h.num_matvecs
+        _add_cost(costs, "Hessian top/trace", h.seconds, f"{matvecs} Hessian-vector products on "
+                  f"{h.num_samples} samples ({len(models)} model(s))")
         if not h.converged:
             notes.append("Lanczos did not reach its tolerance for the top Hessian eigenvalue")
         for k, v in (("train_error", tr.error), ("train_loss", tr.loss), ("test_error", va.error),
