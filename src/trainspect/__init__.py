@@ -17,6 +17,9 @@ from trainspect.checks import CHECKS, Check, Finding
 from trainspect.checks.compare import compare
 from trainspect.checks.preflight import PreflightReport, preflight
 from trainspect.configurations import CONFIGURATIONS
+
+# post-training diagnosis (MD tree)
+from trainspect.diagnosis import diagnose
 from trainspect.engine.inspector import Inspector, attach
 from trainspect.engine.schedules import every, first, logarithmic
 
@@ -46,6 +49,7 @@ __all__ = [
     "__version__",
     "attach",
     "compare",
+    "diagnose",
     "every",
     "first",
     "list_runs",
