@@ -89,15 +89,13 @@ class GradientScaleCheck(ThresholdCheck):
         self._norms.append(total)
         # weight tensors that get gradient: a tensor with none at all is the no-gradient check's finding
         idx = [i for i in weight_layers(ctx) if held[i] and gn[i] > 0]
-        if len(idx) >= 2 and self._param_norms is not None:
-            w = self._param_norms[idx]
-            g = gn[idx]
-            with np.errstate(divide="ignore", invalid="ignore"):
-                rho = g / w
-            first, last = rho[0], rho[-1]
-            if np.isfinite(first) and np.isfinite(last) and last > 0 and w[0] > 0:
+        pn = self._param_norms
+        if len(idx) >= 2 and pn is not None and pn[idx[0]] > 0 and pn[idx[-1]] > 0:
+            first = float(gn[idx[0]]) / float(pn[idx[0]])
+            last = float(gn[idx[-1]]) / float(pn[idx[-1]])
+            if np.isfinite(first) and np.isfinite(last) and last > 0:
                 self._ratios.append(first / last)
-                out += self._depth(record, ctx, idx, rho)
+                out += self._depth(record, ctx, idx, gn, pn)
         out += self._time(record)
         return out
 
@@ -109,16 +107,23 @@ class GradientScaleCheck(ThresholdCheck):
         return self._held_mask
 
     def _persists(self, values: deque[float], test) -> bool:  # type: ignore[no-untyped-def]
-        if len(values) < values.maxlen:  # type: ignore[operator]
-            return False
+        if len(values) < values.maxlen or not test(values[-1]):  # type: ignore[operator]
+            return False  # (the latest value must hold too: a cheap pre-test that delays a finding ≤ 1 step)
         return sum(bool(test(v)) for v in values) >= self.t["fraction"] * len(values)
 
-    def _depth(self, record: StepRecord, ctx: StepContext, idx: list[int], rho: np.ndarray) -> list[Finding]:
+    def _depth(self, record: StepRecord, ctx: StepContext, idx: list[int], gn: np.ndarray,
+               pn: np.ndarray) -> list[Finding]:
         lo, hi = self.t["depth_ratio_low"], self.t["depth_ratio_high"]
+        vanishing = self._persists(self._ratios, lambda r: r < lo)
+        exploding = not vanishing and self._persists(self._ratios, lambda r: r > hi)
+        if not (vanishing or exploding):
+            return []
+        with np.errstate(divide="ignore", invalid="ignore"):
+            rho = gn[idx] / pn[idx]
         ratio = median(self._ratios)
         names = [module_location(ctx, i) for i in idx]
         per_layer = {names[k]: float(rho[k]) for k in range(len(idx))}
-        if self._persists(self._ratios, lambda r: r < lo):
+        if vanishing:
             below = [names[k] for k in range(len(idx)) if rho[k] < lo * rho[-1]]
             where = below[-1] if below else names[0]
             return [Finding(
@@ -134,7 +139,7 @@ class GradientScaleCheck(ThresholdCheck):
                           "rule": "median over the window of ρ_first/ρ_last, ρ_l = ‖∇W_l‖/‖W_l‖ (AUTOTRAINER β₁)"},
                 remedies=VANISHING_REMEDIES, location=where,
             )]
-        if self._persists(self._ratios, lambda r: r > hi):
+        if exploding:
             return [Finding(
                 code="exploding-gradients", severity="warning",
                 title=f"Gradients explode toward the input: ρ({names[0]}) / ρ({names[-1]}) = {fmt(ratio)}",
@@ -156,11 +161,13 @@ class GradientScaleCheck(ThresholdCheck):
         if self._base is None:
             self._base = median(self._baseline)
         base = self._base
-        now = median(self._norms)
         growth = self.t["growth"]
         if base <= 0:
             return []
         last = self._norms[-1]
+        if base / growth <= last <= growth * base:
+            return []  # neither rule can fire on this step (both need the latest value beyond the band)
+        now = median(self._norms)
         if last > self.t["spike"] * base:
             return [Finding(
                 code="exploding-gradients", severity="error",

@@ -71,7 +71,7 @@ class UpdateCheck(ThresholdCheck):
             if len(self._first_grads) < self.t["baseline_steps"]:
                 self._first_grads.append(total)
             self._recent_grads.append(total)
-        if gn is not None and np.all(np.isfinite(gn)):
+        if self._grad_steps < self.t["no_gradient_steps"] and gn is not None and np.all(np.isfinite(gn)):
             self._grad_ever = (gn > 0) if self._grad_ever is None else (self._grad_ever | (gn > 0))
             self._grad_steps += 1
             if self._grad_steps == int(self.t["no_gradient_steps"]):

@@ -62,6 +62,8 @@ class GradAtStepStart(Instrument):
 
     def compute(self, ctx: StepContext) -> dict[str, Any]:
         norms = ctx.get("grad_norms_at_start")
+        if norms is None:
+            return {"grad_norm_at_step_start": 0.0}
         if ctx.optimizer is not None:
             # only the optimizer's parameters are zeroed by optimizer.zero_grad(); the others are reported
             # by the parameter-not-in-optimizer check

@@ -18,7 +18,8 @@ if TYPE_CHECKING:
 
 
 class GradientsAtStepStart(Provider):
-    """Per-parameter norms of ``p.grad`` at the start of the step (float64; 0 where ``.grad`` is None, or
+    """Per-parameter norms of ``p.grad`` at the start of the step (float64; None if no parameter had a
+    ``.grad``; 0 where ``.grad`` is None, or
     where the step replaced the tensor, e.g. ``zero_grad()`` called inside the ``with inspector.step`` block)."""
 
     name = "grad_norms_at_start"
@@ -41,11 +42,11 @@ class GradientsAtStepStart(Provider):
         norms[present] = values
         self._norms = norms
 
-    def compute(self, ctx: StepContext) -> torch.Tensor:
+    def compute(self, ctx: StepContext) -> torch.Tensor | None:
         norms, objects = self._norms, self._objects
         self._norms, self._objects = None, []
         if norms is None:
-            return torch.zeros(len(ctx.params), dtype=torch.float64)
+            return None  # no .grad at all when the step began (the usual case): nothing to compute
         # zero_grad() inside the step block (set_to_none) replaces the tensor: only a .grad that backward
         # accumulated into (the same tensor object) carries the old gradient into this step
         kept = [p.grad is not None and p.grad is g for p, g in zip(ctx.params, objects)]
