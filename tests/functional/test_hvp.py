@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from curvature_cases import CASES, dense_ggn, dense_hessian, make_case
 from torch import nn
 
+from tests.functional.curvature_cases import CASES, dense_ggn, dense_hessian, make_case
 from trainspect.functional.hvp import GGNOperator, HessianOperator
 
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from curvature_cases import CASES, dense_hessian, make_case
 
+from tests.functional.curvature_cases import CASES, dense_hessian, make_case
 from trainspect.functional.hvp import HessianOperator
 from trainspect.functional.lanczos import lanczos_extreme_eigenvalues
 

@@ -6,8 +6,8 @@ import math
 
 import pytest
 import torch
-from curvature_cases import CASES, dense_hessian, make_case
 
+from tests.functional.curvature_cases import CASES, dense_hessian, make_case
 from trainspect.functional.hvp import HessianOperator
 from trainspect.functional.trace import exact_diagonal, hutchinson_trace, hutchpp_trace
 
