@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import torch
 from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
@@ -84,3 +86,9 @@ def dense_ggn(model, loss_fn, x, y) -> torch.Tensor:
     J = torch.func.jacrev(out)(flat).reshape(f.numel(), -1)
     Hf = torch.func.hessian(lambda o: loss_fn(o.reshape(f.shape), y))(f.reshape(-1))
     return J.T @ Hf @ J
+
+
+@functools.cache
+def case_hessian(name: str) -> torch.Tensor:
+    """The dense Hessian of ``make_case(name)``, computed once per test session (it is the slow part)."""
+    return dense_hessian(*make_case(name))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tests.functional.curvature_cases import CASES, dense_hessian, make_case
+from tests.functional.curvature_cases import CASES, case_hessian, make_case
 from trainspect.functional.hvp import HessianOperator
 from trainspect.functional.lanczos import lanczos_extreme_eigenvalues
 
@@ -18,7 +18,7 @@ def _close(estimate: float, exact: float, scale: float, rtol: float, floor: floa
 @pytest.mark.parametrize("case", CASES)
 def test_extreme_hessian_eigenvalues_match_dense(case):
     model, loss_fn, x, y = make_case(case)
-    evals = torch.linalg.eigvalsh(dense_hessian(model, loss_fn, x, y))
+    evals = torch.linalg.eigvalsh(case_hessian(case))
     op = HessianOperator(model, loss_fn, x, y)
     res = lanczos_extreme_eigenvalues(op.matvec, op.dim, rtol=1e-4, max_iter=op.dim)
     scale = float(evals.abs().max())
