@@ -9,7 +9,7 @@ import torch
 
 from tests.functional.curvature_cases import CASES, case_hessian, make_case
 from trainspect.functional.hvp import HessianOperator
-from trainspect.functional.trace import exact_diagonal, hutchinson_trace, hutchpp_trace
+from trainspect.functional.trace import exact_diagonal, hutchinson_trace, hutchpp_layer_traces, hutchpp_trace
 
 
 @pytest.mark.parametrize("case", CASES)
@@ -84,3 +84,24 @@ def test_bad_arguments_raise():
         exact_diagonal(lambda V: V, 10, [10])
     with pytest.raises(ValueError, match="matmat returned shape"):
         hutchpp_trace(lambda V: V[:2], 10, 6)
+
+
+def test_layer_traces_are_unbiased_blockwise_and_exact_where_asked():
+    model, loss_fn, x, y = make_case("mlp_tanh_ce")
+    H = case_hessian("mlp_tanh_ce")
+    op = HessianOperator(model, loss_fn, x, y)
+    sizes = [p.numel() for p in model.parameters()]
+    blocks = torch.split(torch.diagonal(H), sizes)
+    exact_blocks = torch.stack([b.sum() for b in blocks])
+    res = hutchpp_layer_traces(op.matmat, sizes, 60, seed=0, exact_layers=[1, 3])
+    assert res.exact.tolist() == [False, True, False, True]
+    torch.testing.assert_close(res.values[[1, 3]], exact_blocks[[1, 3]])
+    for i in (0, 2):
+        assert abs(res.values[i] - exact_blocks[i]) <= 3 * res.standard_errors[i]
+    assert abs(res.total.value - float(torch.trace(H))) <= 3 * res.total.standard_error
+    assert res.total.num_matvecs == 60 + sizes[1] + sizes[3]
+    # Without exact blocks the total is Hutch++'s estimate with the same seed (same sketch and probes).
+    plain = hutchpp_layer_traces(op.matmat, sizes, 60, seed=4)
+    ref = hutchpp_trace(op.matmat, op.dim, 60, seed=4)
+    assert plain.total.value == pytest.approx(ref.value, rel=1e-10)
+    assert plain.total.standard_error == pytest.approx(ref.standard_error, rel=1e-10)

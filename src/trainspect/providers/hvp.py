@@ -1,0 +1,119 @@
+"""The step's curvature operator (Hessian-vector products) and its extreme eigenvalues, shared per step.
+
+``hessian_operator`` builds one :class:`~trainspect.functional.hvp.HessianOperator` for the mini-batch
+loss L(θ_t; x_t, y_t) of the step, in the gradient phase (before ``optimizer.step()``): the user's loss
+function is re-evaluated functionally on the batch given to ``inspector.step(x, y)``, so the user's own
+``loss.backward()`` needs no ``create_graph=True``. Every curvature instrument of the step (eigenvalues,
+trace, sharpness, TIC) multiplies with the same operator, so its forward and first backward are paid once.
+
+Under ``torch.distributed`` each product is averaged over the processes (one all-reduce per product), so
+the operator is the Hessian of the global mini-batch loss (mean over ranks) and every rank runs the same
+Lanczos iteration; with one process there is no communication.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import torch
+
+from trainspect.engine.context import NotAvailable
+from trainspect.engine.distributed import all_reduce_sum, world_size
+from trainspect.functional.hvp import HessianOperator
+from trainspect.functional.lanczos import LanczosResult, lanczos_extreme_eigenvalues
+from trainspect.providers.base import Provider
+
+if TYPE_CHECKING:
+    from trainspect.engine.context import StepContext
+
+
+class ProcessAveragedOperator:
+    """Wraps an operator so each product is averaged over the processes of a distributed run."""
+
+    def __init__(self, operator: HessianOperator):
+        self.operator = operator
+        self.dim = operator.dim
+        self.world = world_size()
+
+    @property
+    def num_matvecs(self) -> int:
+        return self.operator.num_matvecs
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.operator, name)
+
+    def _average(self, x: torch.Tensor) -> torch.Tensor:
+        if self.world == 1:
+            return x
+        (total,) = all_reduce_sum([x])
+        return total / self.world
+
+    def matvec(self, v: torch.Tensor) -> torch.Tensor:
+        return self._average(self.operator.matvec(v))
+
+    def matmat(self, V: torch.Tensor) -> torch.Tensor:
+        return self._average(self.operator.matmat(V))
+
+
+def basis_dtype(dim: int, param_dtype: torch.dtype) -> torch.dtype:
+    """float64 Krylov/probe vectors for models up to a million parameters, else the parameters' dtype.
+
+    float64 makes the reorthogonalization and the trace sums exact to far below the estimators' own error;
+    above 1M parameters the memory of max_iter basis vectors (8 bytes × dim × max_iter) matters more.
+    """
+    return torch.float64 if dim <= 1_000_000 or param_dtype == torch.float64 else torch.float32
+
+
+class HessianOperatorProvider(Provider):
+    """H_t = ∇²_θ L(θ_t; x_t, y_t) as a linear operator (double backward, built once per step)."""
+
+    name = "hessian_operator"
+
+    def compute(self, ctx: StepContext) -> ProcessAveragedOperator:
+        if ctx.phase == "update":
+            raise NotAvailable("the Hessian operator is built from θ_t, which the optimizer step has replaced")
+        loss_fn = ctx.inspector.user_loss_fn
+        if loss_fn is None:
+            raise RuntimeError(
+                "curvature instruments need the loss function: pass it to trainspect.attach(model, optimizer, "
+                "loss_fn=...) so that the loss can be re-evaluated for Hessian-vector products"
+            )
+        if ctx.inputs is None or ctx.targets is None:
+            raise RuntimeError(
+                "curvature instruments need the step's batch: wrap the step as `with inspector.step(x, y): ...` "
+                "(inputs and targets) so that the loss can be re-evaluated for Hessian-vector products"
+            )
+        op = HessianOperator(ctx.model, loss_fn, ctx.inputs, ctx.targets, params=ctx.params)
+        return ProcessAveragedOperator(op)
+
+
+#: instruments that need the largest / the smallest Hessian eigenvalue from the shared Lanczos run
+NEEDS_LARGEST = {"hessian_max_eigenvalue", "sharpness"}
+NEEDS_SMALLEST = {"hessian_min_eigenvalue"}
+
+
+class HessianExtremeEigenvalues(Provider):
+    """λ_max and λ_min of H_t by one Lanczos run (both ends from the same products).
+
+    Only the ends that this step's due instruments need must converge: if just the largest is wanted,
+    Lanczos stops as soon as it has converged. Class attributes (set before attaching to change them):
+    ``rtol`` (relative accuracy, default 1e-3), ``max_iter`` (products, default 100, Cockpit's budget).
+    """
+
+    name = "hessian_extreme_eigenvalues"
+    requires = ("hessian_operator",)
+    rtol: ClassVar[float] = 1e-3
+    max_iter: ClassVar[int] = 100
+
+    def compute(self, ctx: StepContext) -> LanczosResult:
+        op = ctx.get("hessian_operator")
+        due = {i.name for i in ctx.due_instruments}
+        want_hi, want_lo = bool(due & NEEDS_LARGEST), bool(due & NEEDS_SMALLEST)
+        which = "both" if want_hi == want_lo else ("largest" if want_hi else "smallest")
+        before = op.num_matvecs
+        result = lanczos_extreme_eigenvalues(
+            op.matvec, op.dim, rtol=self.rtol, max_iter=self.max_iter, seed=ctx.step,
+            dtype=basis_dtype(op.dim, op.dtype), device=op.device, which=which,
+        )
+        result.num_matvecs = op.num_matvecs - before
+        return result
