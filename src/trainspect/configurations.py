@@ -20,6 +20,18 @@ LAYER_INTERVAL = 10
 _CHEAP = ("loss", "grad_norm", "learning_rate", "nonfinite", "step_time",
           "param_norm", "update_size", "update_to_weight", "distance")
 
+_ECONOMY = ("alpha", "distance", "grad_hist_1d", "grad_norm", "inner_test", "loss", "norm_test", "ortho_test",
+            "update_size")
+#: Cockpit's TICDiag, HessTrace (business) and HessMaxEV (full): names of the curvature branch's instruments
+_CURVATURE_BUSINESS: tuple[str, ...] = ("tic_diag", "hessian_trace")
+_CURVATURE_FULL: tuple[str, ...] = ("hessian_max_eigenvalue",)
+
+
+def _registered(names: tuple[str, ...]) -> tuple[str, ...]:
+    """The instruments among ``names`` that exist (curvature instruments land on another branch)."""
+    return tuple(n for n in names if n in INSTRUMENTS)
+
+
 CONFIGURATIONS: dict[str, dict[str, ScheduleLike]] = {
     "default": {
         "loss": every(1),
@@ -33,6 +45,17 @@ CONFIGURATIONS: dict[str, dict[str, ScheduleLike]] = {
         "distance": every(LAYER_INTERVAL),
     },
     "cheap": {name: every(1) for name in _CHEAP},
+    # Cockpit's presets (cockpit/utils/configuration.py), every step unless `schedule=` says otherwise.
+    # economy: first-order only, all from one per-sample pass (per_sample_grads) + cheap byproducts.
+    "economy": {name: every(1) for name in _ECONOMY},
+    # business = economy + TICDiag and HessTrace in Cockpit; full = business + HessMaxEV and GradHist2d.
+    # The curvature instruments come from the `curvature` branch: only those registered are included
+    # (see _CURVATURE_BUSINESS / _CURVATURE_FULL; the curvature branch fills in the names).
+    "business": {name: every(1) for name in (*_ECONOMY, *_registered(_CURVATURE_BUSINESS))},
+    "full": {
+        name: every(1)
+        for name in (*_ECONOMY, *_registered(_CURVATURE_BUSINESS), *_registered(_CURVATURE_FULL), "grad_hist_2d")
+    },
     "none": {},
 }
 

@@ -461,7 +461,24 @@ class Inspector:
         return record
 
     def _put(self, record: StepRecord, key: str, value: Any, inst: Instrument) -> None:
-        if isinstance(value, Histogram):
+        # most values are 0-d tensors or floats: test for them first (this runs for every value of every step)
+        if isinstance(value, torch.Tensor):
+            if value.dim() == 0:
+                record.scalars[key] = value.item()
+                return
+            if value.dim() == 1:
+                self._put_layers(record, key, value, inst)
+                return
+            if value.numel() == 1:
+                record.scalars[key] = value.reshape(()).item()
+                return
+            raise ValueError(
+                f"instrument {inst.name!r} returned series {key!r} as a tensor of shape {tuple(value.shape)}; "
+                "expected a scalar, a per-layer vector, a Histogram, Histogram2d or Curve"
+            )
+        if isinstance(value, (float, int)):
+            record.scalars[key] = float(value)
+        elif isinstance(value, Histogram):
             record.histograms[key] = HistogramValue(to_numpy(value.counts), to_numpy(value.edges))
         elif isinstance(value, Curve):
             record.histograms[key] = HistogramValue(to_numpy(value.y), to_numpy(value.x))
@@ -469,18 +486,19 @@ class Inspector:
             record.histograms[key] = HistogramValue(
                 to_numpy(value.counts), to_numpy(value.x_edges), to_numpy(value.y_edges)
             )
-        elif isinstance(value, (torch.Tensor, np.ndarray)) and value.ndim == 1:
-            vec = to_numpy(value)
-            if vec.shape[0] != len(self.params):
-                raise ValueError(
-                    f"instrument {inst.name!r} returned per-layer series {key!r} with {vec.shape[0]} entries; "
-                    f"expected one per tracked parameter ({len(self.params)})"
-                )
-            record.layers[key] = vec
-        elif isinstance(value, torch.Tensor):
-            record.scalars[key] = float(value.detach().reshape(()).item())
+        elif isinstance(value, np.ndarray) and value.ndim == 1:
+            self._put_layers(record, key, value, inst)
         else:
             record.scalars[key] = float(value)
+
+    def _put_layers(self, record: StepRecord, key: str, value: Any, inst: Instrument) -> None:
+        vec = to_numpy(value)
+        if vec.shape[0] != len(self.params):
+            raise ValueError(
+                f"instrument {inst.name!r} returned per-layer series {key!r} with {vec.shape[0]} entries; "
+                f"expected one per tracked parameter ({len(self.params)})"
+            )
+        record.layers[key] = vec
 
     def _fail(self, source: str, name: str, step: int | None, error: BaseException, what: str = "") -> None:
         """Record a failure once, with its traceback, and disable the failing part for the rest of the run."""

@@ -6,6 +6,7 @@ None of them needs an extra forward or backward pass; all per-parameter work is 
 
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -189,14 +190,13 @@ class NonFinite(Instrument):
         out: dict[str, Any] = {}
         loss_bad = False
         if ctx.loss is not None:
-            loss_bad = not bool(torch.isfinite(ctx.loss.detach()).all())
+            loss_bad = not math.isfinite(ctx.loss.detach().sum().item())
             out["nonfinite_loss"] = float(loss_bad)
-        grad_norms = ctx.get("grad_norms")
-        grads_bad = not bool(torch.isfinite(grad_norms).all())
+        # norms are non-negative: their sum is finite exactly when every norm is
+        grads_bad = not math.isfinite(ctx.get("grad_norms").sum().item())
         out["nonfinite_grads"] = self._count(ctx.get("grads")) if grads_bad else 0.0
         if "param_norms" in ctx.needed_providers or grads_bad or loss_bad:
-            norms = ctx.get("param_norms")
-            params_bad = not bool(torch.isfinite(norms).all())
+            params_bad = not math.isfinite(ctx.get("param_norms").sum().item())
             out["nonfinite_params"] = self._count([p.detach() for p in ctx.params]) if params_bad else 0.0
         return out
 

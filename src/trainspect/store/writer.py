@@ -1,44 +1,35 @@
-"""The run store's writer: one SQLite database per run folder, one transaction per step."""
+"""The run store's writer: one SQLite database per run folder, one transaction per step.
+
+A SQLite commit costs 0.1–0.2 ms here, as much as a whole training step of a small model, and a writer
+*thread* would fight the training loop for the GIL. So by default a tiny writer process (standard library
+only) owns the database: the training process serializes each step's record (JSON header + raw float64
+bytes, no pickle) into a pipe, and the writer commits it as one transaction. If the training process is
+killed (even ``kill -9``), the writer reads what was sent to the end and commits it: at most the step being
+sent is lost. ``sync=True`` writes in the training process instead (no extra process).
+"""
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
-import sqlite3
+import struct
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from trainspect.engine.record import Sink, StepRecord
-from trainspect.engine.values import SeriesInfo
-from trainspect.store.codec import encode, scalar_to_sql, to_json
+from trainspect.store._sql import SchemaTooNew, SqlWriter, connect
+from trainspect.store.codec import to_json
 from trainspect.store.errors import StoreError, StoreVersionError
-from trainspect.store.schema import DB_FILENAME, SCHEMA, SCHEMA_VERSION
+from trainspect.store.schema import DB_FILENAME
 
-
-def connect(path: Path, *, create: bool) -> sqlite3.Connection:
-    """Open a store database (WAL mode: one writer, any number of concurrent readers).
-
-    Raises:
-        StoreVersionError: if it was written with a newer schema.
-    """
-    conn = sqlite3.connect(str(path), timeout=30.0, isolation_level=None, check_same_thread=False)
-    version = conn.execute("PRAGMA user_version").fetchone()[0]
-    if version > SCHEMA_VERSION:
-        conn.close()
-        raise StoreVersionError(
-            f"{path} was written by a newer trainspect (store schema {version}, this version reads up to "
-            f"{SCHEMA_VERSION}); upgrade trainspect (pip install -U trainspect) to read it"
-        )
-    if create:
-        conn.execute("PRAGMA journal_mode=WAL")
-        # WAL + synchronous=NORMAL: a committed step survives a killed process (it is in the WAL file);
-        # only a power loss can drop the last commits. No fsync per step.
-        conn.execute("PRAGMA synchronous=NORMAL")
-        conn.executescript(SCHEMA)
-        conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
-    return conn
+_WRITER_SCRIPT = Path(__file__).with_name("_writer_process.py")
 
 
 def prepare_run_dir(run_dir: str | os.PathLike[str], *, overwrite: bool = False) -> Path:
@@ -59,176 +50,179 @@ def prepare_run_dir(run_dir: str | os.PathLike[str], *, overwrite: bool = False)
         raise StoreError(f"run folder {path} is not writable; pass a writable run_dir")
     db = path / DB_FILENAME
     if db.exists():
-        conn = sqlite3.connect(str(db))
         try:
-            version = conn.execute("PRAGMA user_version").fetchone()[0]
-        finally:
-            conn.close()
-        if version > SCHEMA_VERSION:
-            raise StoreVersionError(
-                f"{db} holds a run written by a newer trainspect (store schema {version} > {SCHEMA_VERSION}); "
-                "upgrade trainspect or choose another run_dir"
-            )
+            connect(str(db), create=False).close()
+        except SchemaTooNew as error:
+            raise StoreVersionError(f"{error}; or choose another run_dir") from error
         if not overwrite:
-            raise StoreError(
-                f"run folder {path} already holds a run; pass overwrite=True to replace it, or another run_dir"
-            )
+            raise StoreError(f"run folder {path} already holds a run; pass overwrite=True to replace it, "
+                             "or another run_dir")
         for suffix in ("", "-wal", "-shm"):
             Path(str(db) + suffix).unlink(missing_ok=True)
     return path
 
 
+class _Payload:
+    """Collects arrays into one byte string and returns their ``[offset, length]``."""
+
+    def __init__(self) -> None:
+        self.parts: list[bytes] = []
+        self.size = 0
+
+    def add(self, array: np.ndarray) -> list[int]:
+        data = np.ascontiguousarray(array, dtype="<f8").tobytes()
+        ref = [self.size, len(data)]
+        self.parts.append(data)
+        self.size += len(data)
+        return ref
+
+    def add_bytes(self, data: bytes) -> dict[str, list[int]]:
+        ref = {"$blob": [self.size, len(data)]}
+        self.parts.append(data)
+        self.size += len(data)
+        return ref
+
+    def bytes(self) -> bytes:
+        return b"".join(self.parts)
+
+
+def _scalar_json(value: float) -> float | str:
+    return value if math.isfinite(value) else str(value)  # JSON has no NaN/inf
+
+
+_encode_json = json.JSONEncoder(separators=(",", ":")).encode
+
+
 class StoreWriter(Sink):
     """Writes a run into ``run_dir/trainspect.db``. Only one writer per run (rank 0 in distributed runs)."""
 
-    def __init__(self, run_dir: str | os.PathLike[str], *, overwrite: bool = False):
+    def __init__(self, run_dir: str | os.PathLike[str], *, overwrite: bool = False, sync: bool = False):
         self.run_dir = prepare_run_dir(run_dir, overwrite=overwrite)
         self.path = self.run_dir / DB_FILENAME
-        self.conn = connect(self.path, create=True)
-        self._series_ids: dict[str, int] = {}
-
-    # -- metadata ----------------------------------------------------------------------------------
-    def open(self, meta: dict[str, Any], layers: list[dict[str, Any]]) -> None:
-        with self._transaction():
-            self._write_meta(meta)
-            self.conn.executemany(
-                "INSERT OR REPLACE INTO layers(idx, name, module, module_class, shape, numel) VALUES (?,?,?,?,?,?)",
-                [
-                    (i, l["name"], l["module"], l["module_class"], json.dumps(list(l["shape"])), int(l["numel"]))
-                    for i, l in enumerate(layers)
-                ],
+        conn = connect(str(self.path), create=True)  # the schema exists before anyone reads
+        self._sql: SqlWriter | None = None
+        self._proc: subprocess.Popen[bytes] | None = None
+        if sync:
+            self._sql = SqlWriter(conn)
+        else:
+            conn.close()
+            self._proc = subprocess.Popen(
+                [sys.executable, "-S", str(_WRITER_SCRIPT), str(self.path)],
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"},
             )
+        self._closed = False
+
+    # -- transport -------------------------------------------------------------------------------------
+    def _send(self, header: dict[str, Any], payload: bytes = b"") -> None:
+        if self._closed:
+            raise StoreError(f"the run store {self.path} is closed")
+        if self._sql is not None:
+            self._sql.dispatch(header, payload)
+            return
+        proc = self._proc
+        assert proc is not None and proc.stdin is not None
+        body = _encode_json(header).encode()
+        try:
+            proc.stdin.write(struct.pack("<II", len(body), len(payload)) + body + payload)
+            proc.stdin.flush()
+        except (BrokenPipeError, OSError) as error:
+            raise StoreError(f"the run store's writer process stopped: {self._writer_stderr()}") from error
+
+    def _writer_stderr(self) -> str:
+        proc = self._proc
+        if proc is None or proc.poll() is None or proc.stderr is None:
+            return "(still running)"
+        return proc.stderr.read().decode(errors="replace").strip()[-2000:] or f"exit code {proc.returncode}"
+
+    def flush(self) -> None:
+        """Wait until everything sent so far is committed (readers then see it)."""
+        if self._proc is None:
+            return
+        self._send({"op": "flush"})
+        assert self._proc.stdout is not None
+        answer = self._proc.stdout.readline()
+        if answer != b"\n":
+            raise StoreError(f"the run store's writer failed: {self._writer_stderr()}")
+
+    # -- sink ------------------------------------------------------------------------------------------
+    def open(self, meta: dict[str, Any], layers: list[dict[str, Any]]) -> None:
+        self._send({
+            "op": "open",
+            "meta": {k: to_json(v) for k, v in meta.items()},
+            "layers": [[l["name"], l["module"], l["module_class"], json.dumps(list(l["shape"])), int(l["numel"])]
+                       for l in layers],
+        })
 
     def write_meta(self, meta: dict[str, Any]) -> None:
-        with self._transaction():
-            self._write_meta(meta)
+        self._send({"op": "meta", "meta": {k: to_json(v) for k, v in meta.items()}})
 
-    def _write_meta(self, meta: dict[str, Any]) -> None:
-        self.conn.executemany(
-            "INSERT OR REPLACE INTO run(key, value) VALUES (?, ?)", [(k, to_json(v)) for k, v in meta.items()]
-        )
+    @staticmethod
+    def _new_series(record: StepRecord) -> list[list[str]]:
+        return [[instrument, info.name, info.kind, to_json(dataclasses.asdict(info))]
+                for instrument, info in record.new_series]
 
-    def _series_id(self, name: str) -> int:
-        try:
-            return self._series_ids[name]
-        except KeyError:
-            raise StoreError(f"series {name!r} was written before being registered") from None
-
-    def register_series(self, instrument: str, info: SeriesInfo) -> None:
-        cur = self.conn.execute(
-            "INSERT OR IGNORE INTO series(name, kind, instrument, info) VALUES (?,?,?,?)",
-            (info.name, info.kind, instrument, to_json(dataclasses.asdict(info))),
-        )
-        del cur
-        row = self.conn.execute("SELECT id FROM series WHERE name = ?", (info.name,)).fetchone()
-        self._series_ids[info.name] = int(row[0])
-
-    # -- per step ----------------------------------------------------------------------------------
     def write_step(self, record: StepRecord) -> None:
-        conn = self.conn
-        conn.execute("BEGIN")
-        try:
-            for instrument, info in record.new_series:
-                self.register_series(instrument, info)
-            sid = self._series_ids
-            step = record.step
-            if record.scalars:
-                conn.executemany(
-                    "INSERT OR REPLACE INTO scalars(series_id, step, value) VALUES (?,?,?)",
-                    [(sid[k], step, scalar_to_sql(v)) for k, v in record.scalars.items()],
-                )
-            if record.layers:
-                conn.executemany(
-                    "INSERT OR REPLACE INTO vectors(series_id, step, data) VALUES (?,?,?)",
-                    [(sid[k], step, encode(v)) for k, v in record.layers.items()],
-                )
-            if record.histograms:
-                conn.executemany(
-                    "INSERT OR REPLACE INTO histograms(series_id, step, counts, shape, x_edges, y_edges) "
-                    "VALUES (?,?,?,?,?,?)",
-                    [
-                        (
-                            sid[k],
-                            step,
-                            encode(h.counts),
-                            json.dumps(list(h.counts.shape)),
-                            encode(h.x_edges),
-                            None if h.y_edges is None else encode(h.y_edges),
-                        )
-                        for k, h in record.histograms.items()
-                    ],
-                )
-            conn.execute(
-                "INSERT OR REPLACE INTO steps(step, wall_time, user_seconds, overhead_seconds, optimizer_stepped) "
-                "VALUES (?,?,?,?,?)",
-                (step, record.wall_time, record.user_seconds, record.overhead_seconds, int(record.optimizer_stepped)),
-            )
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-        conn.execute("COMMIT")
+        payload = _Payload()
+        header = {
+            "op": "step",
+            "step": record.step,
+            "wall_time": record.wall_time,
+            "user_seconds": record.user_seconds,
+            "overhead_seconds": record.overhead_seconds,
+            "optimizer_stepped": record.optimizer_stepped,
+            "scalars": {k: _scalar_json(v) for k, v in record.scalars.items()},
+            "layers": {k: payload.add(v) for k, v in record.layers.items()},
+            "histograms": {
+                k: [payload.add(h.counts), list(h.counts.shape), payload.add(h.x_edges),
+                    None if h.y_edges is None else payload.add(h.y_edges)]
+                for k, h in record.histograms.items()
+            },
+        }
+        if record.new_series:
+            header["new_series"] = self._new_series(record)
+        self._send(header, payload.bytes())
 
     def write_user_values(self, record: StepRecord) -> None:
-        with self._transaction():
-            for instrument, info in record.new_series:
-                self.register_series(instrument, info)
-            self.conn.executemany(
-                "INSERT OR REPLACE INTO scalars(series_id, step, value) VALUES (?,?,?)",
-                [(self._series_ids[k], record.step, scalar_to_sql(v)) for k, v in record.scalars.items()],
-            )
+        self._send({"op": "user", "step": record.step, "new_series": self._new_series(record),
+                    "scalars": {k: _scalar_json(v) for k, v in record.scalars.items()}})
 
     def write_error(self, step: int | None, source: str, message: str, traceback: str) -> None:
-        with self._transaction():
-            self.conn.execute(
-                "INSERT INTO errors(step, source, message, traceback, wall_time) VALUES (?,?,?,?,?)",
-                (step, source, message, traceback, time.time()),
-            )
+        self._send({"op": "error", "step": step, "source": source, "message": message, "traceback": traceback,
+                    "wall_time": time.time()})
 
     def write_finding(self, finding: Any, *, new: bool) -> None:
-        with self._transaction():
-            self.conn.execute(
-                "INSERT INTO findings(code, severity, location, first_step, last_step, count, title, explanation, "
-                "evidence, remedies, rank) VALUES (?,?,?,?,?,?,?,?,?,?,?) "
-                "ON CONFLICT(code, location) DO UPDATE SET severity=excluded.severity, "
-                "last_step=excluded.last_step, count=excluded.count, evidence=excluded.evidence",
-                (
-                    finding.code,
-                    finding.severity,
-                    finding.location,
-                    finding.first_step,
-                    finding.last_step,
-                    finding.count,
-                    finding.title,
-                    finding.explanation,
-                    to_json(finding.evidence),
-                    to_json(list(finding.remedies)),
-                    finding.rank,
-                ),
-            )
+        self._send({"op": "finding", "finding": {
+            "code": finding.code, "severity": finding.severity, "location": finding.location,
+            "first_step": finding.first_step, "last_step": finding.last_step, "count": finding.count,
+            "title": finding.title, "explanation": finding.explanation, "evidence": to_json(finding.evidence),
+            "remedies": to_json(list(finding.remedies)), "rank": finding.rank,
+        }})
 
     def execute(self, sql: str, rows: list[tuple[Any, ...]]) -> None:
-        """Write extra rows (e.g. logged samples) in one transaction."""
-        with self._transaction():
-            self.conn.executemany(sql, rows)
+        """Write extra rows (e.g. logged samples) in one transaction; ``bytes`` cells become BLOBs."""
+        payload = _Payload()
+        cells = [[payload.add_bytes(v) if isinstance(v, (bytes, bytearray)) else v for v in row] for row in rows]
+        self._send({"op": "execute", "sql": sql, "rows": cells}, payload.bytes())
 
     def close(self) -> None:
-        if self.conn is not None:
-            try:
-                self.conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
-            finally:
-                self.conn.close()
-                self.conn = None  # type: ignore[assignment]
-
-    # -- helpers -----------------------------------------------------------------------------------
-    class _Tx:
-        def __init__(self, conn: sqlite3.Connection):
-            self.conn = conn
-
-        def __enter__(self) -> None:
-            self.conn.execute("BEGIN")
-
-        def __exit__(self, exc_type: Any, *_: Any) -> None:
-            self.conn.execute("ROLLBACK" if exc_type else "COMMIT")
-
-    def _transaction(self) -> StoreWriter._Tx:
-        return StoreWriter._Tx(self.conn)
+        """Commit everything sent, then stop the writer."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._sql is not None:
+            self._sql.close()
+            return
+        proc = self._proc
+        assert proc is not None and proc.stdin is not None
+        try:
+            proc.stdin.close()
+        except OSError:
+            pass
+        code = proc.wait()
+        stderr = proc.stderr.read().decode(errors="replace").strip() if proc.stderr else ""
+        for stream in (proc.stdout, proc.stderr):
+            if stream is not None:
+                stream.close()
+        if code != 0:
+            raise StoreError(f"the run store's writer failed (exit code {code}): {stderr[-2000:]}")

@@ -1,0 +1,44 @@
+"""Weighted histograms of sampled values, and the total-variation distance between histograms."""
+
+from __future__ import annotations
+
+import torch
+
+
+def bin_index(values: torch.Tensor, low: float, high: float, bins: int) -> torch.Tensor:
+    """Bin of each value in ``bins`` equal bins on [low, high]; values outside are clamped into the edge
+    bins (as Cockpit's ``GradHist1d``/``GradHist2d`` do), so every value is counted."""
+    # comparisons with the edges themselves (not a rounded division), so that a value exactly on an edge
+    # (e.g. the many exact zeros behind a ReLU) lands in the same bin as with numpy.histogram
+    edges = torch.linspace(low, high, bins + 1, dtype=torch.float64, device=values.device)
+    return (torch.bucketize(values.to(torch.float64), edges, right=True) - 1).clamp(0, bins - 1)
+
+
+def weighted_histogram(values: torch.Tensor, weights: torch.Tensor | None, low: float, high: float,
+                       bins: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(counts [bins] float64, edges [bins + 1]); ``weights`` = how many values each sampled value stands for."""
+    idx = bin_index(values, low, high, bins)
+    w = None if weights is None else weights.to(torch.float64)
+    counts = torch.bincount(idx, weights=w, minlength=bins).to(torch.float64)
+    return counts, torch.linspace(low, high, bins + 1, dtype=torch.float64)
+
+
+def weighted_histogram2d(
+    x: torch.Tensor, y: torch.Tensor, weights: torch.Tensor | None,
+    x_range: tuple[float, float], y_range: tuple[float, float], bins: tuple[int, int],
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(counts [bx, by] float64, x_edges, y_edges) of the pairs (x, y), clamped into the edge bins."""
+    bx, by = bins
+    ix = bin_index(x, *x_range, bx)
+    iy = bin_index(y, *y_range, by)
+    w = None if weights is None else weights.to(torch.float64)
+    counts = torch.bincount(ix * by + iy, weights=w, minlength=bx * by).to(torch.float64).reshape(bx, by)
+    return (counts, torch.linspace(*x_range, bx + 1, dtype=torch.float64),
+            torch.linspace(*y_range, by + 1, dtype=torch.float64))
+
+
+def total_variation_distance(counts_a: torch.Tensor, counts_b: torch.Tensor) -> float:
+    """TV(p, q) = ½ Σ_b |p_b − q_b| between the normalized histograms (same edges)."""
+    p = counts_a.to(torch.float64).flatten()
+    q = counts_b.to(torch.float64).flatten()
+    return float(0.5 * (p / p.sum() - q / q.sum()).abs().sum())

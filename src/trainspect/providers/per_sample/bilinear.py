@@ -1,0 +1,152 @@
+"""Layers whose per-sample gradient is a sum of outer products, g_i = Σ_t δ_{i,t} a_{i,t}ᵀ (Linear, Conv).
+
+a_{i,t} ∈ R^{Din} is the layer input at position t of sample i (for a convolution, the unfolded patch),
+δ_{i,t} ∈ R^{Dout} the gradient of sample i's loss w.r.t. the output at that position. Then
+(Dangel et al. 2020, BackPACK; Goodfellow 2015 for T = 1):
+
+* Σ_i g_i = Σ_{i,t} δ_{i,t} a_{i,t}ᵀ                       (one matmul, like the weight gradient)
+* T = 1: ‖g_i‖² = ‖δ_i‖² ‖a_i‖²,  Σ_i g_i² = (δ²)ᵀ(a²)      (no N×D tensor)
+* T > 1: ‖g_i‖² = Σ_{t,s} (a_{i,t}·a_{i,s})(δ_{i,t}·δ_{i,s}) (Gram form, N·T²·(Din+Dout) flops) or from
+  g_i materialized a few samples at a time (N·T·Din·Dout flops), whichever is cheaper
+* g_iᵀV = Σ_t δ_{i,t}ᵀ V a_{i,t}                              (N·T·Din·Dout flops, no N×D tensor)
+* bias: g_i = Σ_t δ_{i,t}.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import torch
+
+from trainspect.providers.per_sample.layer import DEFAULT_MEMORY_CAP, LayerStatistics
+
+
+class BilinearLayer(LayerStatistics):
+    """Per-sample statistics of a weight (Dout×Din after reshaping) and an optional bias.
+
+    Args:
+        inputs: A, [N, T, Din] (already scaled: nothing).
+        grad_outputs: Δ, [N, T, Dout], gradients of the per-sample losses (scale applied by the caller).
+        weight_index / bias_index: tracked-parameter positions (None if that parameter is not tracked).
+        weight_shape / bias_shape: the parameters' shapes (the weight is viewed as [Dout, Din]).
+        memory_cap: bytes allowed for a materialized block of per-sample weight gradients.
+    """
+
+    def __init__(
+        self,
+        inputs: torch.Tensor,
+        grad_outputs: torch.Tensor,
+        weight_index: int | None,
+        bias_index: int | None,
+        weight_shape: torch.Size | None,
+        bias_shape: torch.Size | None,
+        memory_cap: int = DEFAULT_MEMORY_CAP,
+    ):
+        self.A = inputs
+        self.G = grad_outputs
+        self.batch_size, self.T, self.din = inputs.shape
+        self.dout = grad_outputs.shape[2]
+        self.memory_cap = memory_cap
+        self.param_indices, self.shapes, self.roles = [], [], []
+        if weight_index is not None:
+            self.param_indices.append(weight_index)
+            self.shapes.append(weight_shape)
+            self.roles.append("weight")
+        if bias_index is not None:
+            self.param_indices.append(bias_index)
+            self.shapes.append(bias_shape)
+            self.roles.append("bias")
+        self._bias_grads: torch.Tensor | None = None
+
+    # -- helpers ---------------------------------------------------------------------------------
+    @property
+    def bias_grads(self) -> torch.Tensor:
+        """Per-sample bias gradients Σ_t δ_{i,t}, [N, Dout] (small, so kept)."""
+        if self._bias_grads is None:
+            self._bias_grads = self.G.sum(1)
+        return self._bias_grads
+
+    def _chunk_size(self) -> int:
+        per_sample = self.dout * self.din * self.A.element_size()
+        return max(1, min(self.batch_size, self.memory_cap // max(per_sample, 1)))
+
+    def _weight_blocks(self) -> Iterator[torch.Tensor]:
+        """Per-sample weight gradients [n, Dout, Din], a block of samples at a time."""
+        n = self._chunk_size()
+        for start in range(0, self.batch_size, n):
+            yield torch.bmm(self.G[start:start + n].transpose(1, 2), self.A[start:start + n])
+
+    def _materialize_is_cheaper(self) -> bool:
+        return self.T * self.T * (self.din + self.dout) > self.T * self.din * self.dout
+
+    # -- statistics --------------------------------------------------------------------------------
+    def sum_grads(self) -> list[torch.Tensor]:
+        out = []
+        for role, shape in zip(self.roles, self.shapes):
+            if role == "weight":
+                out.append((self.G.reshape(-1, self.dout).T @ self.A.reshape(-1, self.din)).reshape(shape))
+            else:
+                out.append(self.bias_grads.sum(0).reshape(shape))
+        return out
+
+    def sq_norms(self) -> torch.Tensor:
+        cols = []
+        for role in self.roles:
+            if role == "bias":
+                cols.append(self.bias_grads.square().sum(1))
+            elif self.T == 1:
+                cols.append(self.A[:, 0].square().sum(1) * self.G[:, 0].square().sum(1))
+            elif self._materialize_is_cheaper():
+                cols.append(torch.cat([w.square().sum((1, 2)) for w in self._weight_blocks()]))
+            else:
+                gram_a = torch.bmm(self.A, self.A.transpose(1, 2))
+                gram_g = torch.bmm(self.G, self.G.transpose(1, 2))
+                cols.append((gram_a * gram_g).sum((1, 2)))
+        return torch.stack(cols, 1)
+
+    def sum_grads_squared(self) -> list[torch.Tensor]:
+        out = []
+        for role, shape in zip(self.roles, self.shapes):
+            if role == "bias":
+                out.append(self.bias_grads.square().sum(0).reshape(shape))
+            elif self.T == 1:
+                out.append((self.G[:, 0].square().T @ self.A[:, 0].square()).reshape(shape))
+            else:
+                total = None
+                for w in self._weight_blocks():
+                    s = w.square().sum(0)
+                    total = s if total is None else total + s
+                out.append(total.reshape(shape))
+        return out
+
+    def project(self, directions: list[list[torch.Tensor]]) -> torch.Tensor:
+        cols = []
+        for local, role in enumerate(self.roles):
+            if role == "bias":
+                v = torch.stack([d[local].reshape(-1) for d in directions], 1).to(self.G.dtype)  # [Dout, K]
+                cols.append(self.bias_grads @ v)
+            else:
+                # V stacked as [K*Dout, Din]: A Vᵀ gives [N, T, K*Dout]; contract with δ over (t, out)
+                v = torch.cat([d[local].reshape(self.dout, self.din) for d in directions], 0).to(self.A.dtype)
+                av = (self.A @ v.T).reshape(self.batch_size, self.T, len(directions), self.dout)
+                cols.append(torch.einsum("ntko,nto->nk", av, self.G))
+        return torch.stack(cols, 1)
+
+    def elements(self, local: int, samples: torch.Tensor, coords: torch.Tensor) -> torch.Tensor:
+        if self.roles[local] == "bias":
+            return self.bias_grads[samples, coords]
+        rows, cols = coords // self.din, coords % self.din
+        out = torch.empty(samples.shape[0], dtype=self.A.dtype)
+        step = max(1, (2**24) // max(self.T, 1))  # bound the [S, T] gather
+        for s in range(0, samples.shape[0], step):
+            i, o, k = samples[s:s + step], rows[s:s + step], cols[s:s + step]
+            out[s:s + step] = (self.G[i, :, o] * self.A[i, :, k]).sum(1)
+        return out
+
+    def chunks(self, local: int) -> Iterator[torch.Tensor]:
+        if self.roles[local] == "bias":
+            yield self.bias_grads
+            return
+        shape = self.shapes[local]
+        for w in self._weight_blocks():
+            yield w.reshape(w.shape[0], *shape)

@@ -1,0 +1,133 @@
+"""The interface every per-sample fast path implements, and the generic explicit (materialized) form.
+
+Notation: the layer's tracked parameter tensors are θ_1..θ_k; g_{i,p} is the gradient of sample i's own
+loss ℓ_i w.r.t. θ_p (the engine undoes the 1/N of ``reduction="mean"``). A handler answers, for its
+parameters, without materializing the N×D per-sample gradients where the layer's structure allows:
+
+* ``sum_grads``            Σ_i g_{i,p}                       (list, one tensor per parameter)
+* ``sq_norms``             ‖g_{i,p}‖²                        ([N, k])
+* ``sum_grads_squared``    Σ_i g_{i,p}² element-wise         (list)
+* ``project(dirs)``        g_{i,p}ᵀ v_{p}  for each direction ([N, k, K])
+* ``elements(p, i, c)``    g_{i,p}[c] for sampled (sample, coordinate) pairs (1-D)
+* ``chunks(p)``            the per-sample gradients of θ_p, a few samples at a time (exact histograms)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+import torch
+
+#: default memory cap (bytes) for a materialized block of per-sample gradients
+DEFAULT_MEMORY_CAP = 256 * 2**20
+
+
+class LayerStatistics:
+    """Base class of the per-layer per-sample gradient handlers."""
+
+    #: positions (in the inspector's tracked parameter list) of this handler's parameters
+    param_indices: list[int]
+    #: shapes of the parameters (same order)
+    shapes: list[torch.Size]
+    batch_size: int
+
+    def sum_grads(self) -> list[torch.Tensor]:
+        raise NotImplementedError
+
+    def sq_norms(self) -> torch.Tensor:
+        raise NotImplementedError
+
+    def sum_grads_squared(self) -> list[torch.Tensor]:
+        raise NotImplementedError
+
+    def project(self, directions: list[list[torch.Tensor]]) -> torch.Tensor:
+        raise NotImplementedError
+
+    def elements(self, local: int, samples: torch.Tensor, coords: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def chunks(self, local: int) -> Iterator[torch.Tensor]:
+        raise NotImplementedError
+
+
+class ExplicitLayer(LayerStatistics):
+    """Per-sample gradients held (or produced chunk by chunk) as explicit tensors [n, *shape].
+
+    Used for small parameters (normalization affines: N×C numbers) and by the ``torch.func`` fallback.
+
+    Args:
+        param_indices: tracked-parameter positions.
+        shapes: parameter shapes.
+        batch_size: N.
+        grads: the per-sample gradients, one [N, *shape] tensor per parameter, if they are kept; or
+        chunk_fn: a function returning an iterator over lists of [n_c, *shape] tensors (recomputed on use).
+    """
+
+    def __init__(
+        self,
+        param_indices: list[int],
+        shapes: list[torch.Size],
+        batch_size: int,
+        grads: list[torch.Tensor] | None = None,
+        chunk_fn: Callable[[], Iterator[list[torch.Tensor]]] | None = None,
+    ):
+        self.param_indices = param_indices
+        self.shapes = shapes
+        self.batch_size = batch_size
+        self.grads = grads
+        self.chunk_fn = chunk_fn
+        if grads is None and chunk_fn is None:
+            raise ValueError("ExplicitLayer needs grads or chunk_fn")
+
+    def _blocks(self) -> Iterator[list[torch.Tensor]]:
+        if self.grads is not None:
+            yield self.grads
+        else:
+            assert self.chunk_fn is not None
+            yield from self.chunk_fn()
+
+    def sum_grads(self) -> list[torch.Tensor]:
+        out: list[torch.Tensor] | None = None
+        for block in self._blocks():
+            s = [g.sum(0) for g in block]
+            out = s if out is None else [a + b for a, b in zip(out, s)]
+        assert out is not None
+        return out
+
+    def sq_norms(self) -> torch.Tensor:
+        rows = [torch.stack([g.flatten(1).square().sum(1) for g in block], 1) for block in self._blocks()]
+        return torch.cat(rows, 0)
+
+    def sum_grads_squared(self) -> list[torch.Tensor]:
+        out: list[torch.Tensor] | None = None
+        for block in self._blocks():
+            s = [g.square().sum(0) for g in block]
+            out = s if out is None else [a + b for a, b in zip(out, s)]
+        assert out is not None
+        return out
+
+    def project(self, directions: list[list[torch.Tensor]]) -> torch.Tensor:
+        rows = []
+        for block in self._blocks():
+            per_param = []
+            for p, g in enumerate(block):
+                v = torch.stack([d[p].reshape(-1) for d in directions], 1).to(g.dtype)  # [D, K]
+                per_param.append(g.flatten(1) @ v)  # [n, K]
+            rows.append(torch.stack(per_param, 1))
+        return torch.cat(rows, 0)
+
+    def elements(self, local: int, samples: torch.Tensor, coords: torch.Tensor) -> torch.Tensor:
+        if self.grads is not None:
+            return self.grads[local].flatten(1)[samples, coords]
+        out = torch.empty(samples.shape[0], dtype=torch.float64)
+        start = 0
+        for block in self._blocks():
+            g = block[local].flatten(1)
+            mask = (samples >= start) & (samples < start + g.shape[0])
+            out[mask] = g[samples[mask] - start, coords[mask]].to(torch.float64)
+            start += g.shape[0]
+        return out
+
+    def chunks(self, local: int) -> Iterator[torch.Tensor]:
+        for block in self._blocks():
+            yield block[local]

@@ -1,0 +1,351 @@
+"""The per-sample gradient providers: capture on due steps, per-layer handlers, all-reduced statistics.
+
+* ``per_sample_layers``: plans once which parameters have a fast path (Linear, Conv1d/2d, Embedding,
+  LayerNorm/GroupNorm/BatchNorm affine) and which go to the ``torch.func`` fallback; on due steps it
+  installs the capture hooks (``arm``/``disarm``) and builds one handler per layer (see :mod:`.layer`).
+* ``per_sample_grads``: the sufficient statistics of the step (:class:`.PerSampleGradStats`), as sums
+  all-reduced across processes; only the quantities some due instrument asks for (its
+  ``per_sample_quantities``) are computed.
+* ``per_sample_losses``: the per-sample losses ℓ_i (for Alpha's loss variance).
+* :func:`project_per_sample`: projections g_iᵀd onto directions known only later (the update), from the
+  same captured tensors, without per-sample gradients where a fast path exists.
+
+Scaling: a hook sees δ = ∂L/∂output. With ``reduction="mean"`` (L = (1/N) Σ ℓ_i) the per-sample
+gradient is g_i = N·δ_i a_iᵀ (Cockpit/BackPACK instead report δ_i a_iᵀ = g_i/N and rescale in each
+quantity); with ``"sum"`` it is δ_i a_iᵀ.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import torch
+from torch import nn
+
+from trainspect.engine.distributed import all_reduce_sum
+from trainspect.providers.base import Provider
+
+# fast paths register themselves on import
+from trainspect.providers.per_sample import conv, embedding, linear, norm  # noqa: F401
+from trainspect.providers.per_sample.capture import LayerCapture
+from trainspect.providers.per_sample.fallback import FunctionalPerSampleGradients, fallback_layer
+from trainspect.providers.per_sample.layer import DEFAULT_MEMORY_CAP, LayerStatistics
+from trainspect.providers.per_sample.norm import BATCH_NORMS
+from trainspect.providers.per_sample.registry import find_fast_path
+from trainspect.providers.per_sample.stats import GradientElementSample, PerSampleGradStats
+
+if TYPE_CHECKING:
+    from trainspect.engine.context import StepContext
+    from trainspect.engine.inspector import Inspector
+
+#: quantities an instrument can ask for with ``per_sample_quantities``
+QUANTITIES = ("sum_grads_squared", "proj_mean", "elements")
+
+
+class ZeroLayer(LayerStatistics):
+    """Parameters of a fast-path module that did not take part in this step's loss: g_i = 0."""
+
+    def __init__(self, param_indices: list[int], shapes: list[torch.Size], batch_size: int,
+                 dtype: torch.dtype, device: torch.device):
+        self.param_indices, self.shapes, self.batch_size = param_indices, shapes, batch_size
+        self.dtype, self.device = dtype, device
+
+    def sum_grads(self) -> list[torch.Tensor]:
+        return [torch.zeros(s, dtype=self.dtype, device=self.device) for s in self.shapes]
+
+    def sq_norms(self) -> torch.Tensor:
+        return torch.zeros(self.batch_size, len(self.shapes), dtype=self.dtype, device=self.device)
+
+    def sum_grads_squared(self) -> list[torch.Tensor]:
+        return self.sum_grads()
+
+    def project(self, directions: list[list[torch.Tensor]]) -> torch.Tensor:
+        return torch.zeros(self.batch_size, len(self.shapes), len(directions), dtype=self.dtype, device=self.device)
+
+    def elements(self, local: int, samples: torch.Tensor, coords: torch.Tensor) -> torch.Tensor:
+        return torch.zeros(samples.shape[0], dtype=self.dtype, device=self.device)
+
+    def chunks(self, local: int):
+        yield torch.zeros(self.batch_size, *self.shapes[local], dtype=self.dtype, device=self.device)
+
+
+@dataclass
+class PerSampleLayers:
+    """This step's per-layer handlers (every tracked parameter is covered by exactly one)."""
+
+    handlers: list[LayerStatistics]
+    batch_size: int
+    fallback_params: list[str] = field(default_factory=list)
+    ill_defined: list[str] = field(default_factory=list)
+
+
+class PerSampleLayerProvider(Provider):
+    """Capture hooks and per-layer handlers of the per-sample gradients (see the module docstring).
+
+    Class attributes (set before ``attach`` to change): ``memory_cap`` (bytes for one materialized block
+    of per-sample gradients).
+    """
+
+    name = "per_sample_layers"
+    memory_cap: int = DEFAULT_MEMORY_CAP
+
+    def __init__(self, inspector: Inspector):
+        super().__init__(inspector)
+        model = inspector.model
+        self.index_of = {id(p): i for i, p in enumerate(inspector.params)}
+        owners: dict[int, dict[int, tuple[str, nn.Module]]] = {}
+        for mname, module in model.named_modules(remove_duplicate=False):
+            for p in module.parameters(recurse=False):
+                if id(p) in self.index_of:
+                    owners.setdefault(id(p), {}).setdefault(id(module), (mname, module))
+        inside_mha = {
+            id(sub) for m in model.modules() if isinstance(m, nn.MultiheadAttention) for sub in m.modules()
+        }
+        self.fast_modules: dict[str, nn.Module] = {}
+        self.fast_params: dict[str, list[int]] = {}
+        fallback: list[int] = []
+        self.fallback_reasons: dict[str, str] = {}
+        for i, p in enumerate(inspector.params):
+            mods = owners.get(id(p), {})
+            if len(mods) != 1:
+                fallback.append(i)
+                self.fallback_reasons[inspector.param_names[i]] = "shared by several modules (tied weights)"
+                continue
+            (mname, module), = mods.values()
+            if id(module) in inside_mha:
+                fallback.append(i)
+                self.fallback_reasons[inspector.param_names[i]] = "applied functionally by nn.MultiheadAttention"
+                continue
+            fp, reason = find_fast_path(module)
+            covered = {
+                id(getattr(module, a)) for a in ("weight", "bias") if isinstance(getattr(module, a, None), nn.Parameter)
+            }
+            if fp is None or id(p) not in covered:
+                fallback.append(i)
+                self.fallback_reasons[inspector.param_names[i]] = reason or "not a weight/bias of a fast-path layer"
+                continue
+            self.fast_modules[mname] = module
+            self.fast_params.setdefault(mname, []).append(i)
+        self.fallback_indices = fallback
+        self.fallback_names = [inspector.param_names[i] for i in fallback]
+        self._functional: FunctionalPerSampleGradients | None = None
+        self._capture: LayerCapture | None = None
+        self._warned: set[str] = set()
+
+    # -- capture -------------------------------------------------------------------------------------
+    def arm(self, ctx: StepContext) -> None:
+        self._capture = LayerCapture(self.fast_modules)
+        for mname, module in self.inspector.model.named_modules():
+            if isinstance(module, BATCH_NORMS) and module.training and mname not in self._warned:
+                self._warned.add(mname)
+                warnings.warn(
+                    f"trainspect: {type(module).__name__} {mname!r} is in training mode: it normalizes with batch "
+                    "statistics, so each sample's output depends on the whole batch and per-sample gradients are "
+                    "not defined. Per-sample statistics (gradient tests, GSNR, histograms, alpha's variances) report "
+                    "the per-sample terms of the batch gradient instead (they sum to the mini-batch gradient); use "
+                    "GroupNorm/LayerNorm, or model.eval() for BatchNorm, for exact per-sample values.",
+                    RuntimeWarning, stacklevel=2,
+                )
+
+    def disarm(self, ctx: StepContext) -> None:
+        if self._capture is not None:
+            self._capture.remove()
+
+    def before_update(self, ctx: StepContext) -> None:
+        # the fallback re-evaluates the model: it must run at θ_t, before optimizer.step() changes it
+        if self.fallback_indices:
+            try:
+                ctx.get(self.name)
+            except Exception:  # recorded by whichever instrument asks for it
+                pass
+
+    # -- handlers ------------------------------------------------------------------------------------
+    def compute(self, ctx: StepContext) -> PerSampleLayers:
+        capture = self._capture
+        self._capture = None
+        if capture is None:
+            raise RuntimeError("per-sample capture hooks were not armed this step")
+        params = ctx.params
+        scale_of_n = ctx.loss_reduction == "mean"
+        n = None
+        for record in capture.records.values():
+            calls = record.complete_calls()
+            if calls:
+                n = calls[0].inputs.shape[0]
+                break
+        if n is None:
+            n = ctx.batch_size
+        if n is None:
+            raise RuntimeError("cannot tell the batch size: no captured layer and no inputs given to inspector.step")
+        scale = float(n) if scale_of_n else 1.0
+        handlers: list[LayerStatistics] = []
+        ill = [m for m, mod in self.inspector.model.named_modules() if isinstance(mod, BATCH_NORMS) and mod.training]
+        for mname, record in capture.records.items():
+            indices = self.fast_params[mname]
+            if not record.complete_calls():
+                for i in indices:
+                    g = params[i].grad
+                    if g is not None and bool((g != 0).any()):
+                        raise RuntimeError(
+                            f"module {mname!r} ({type(record.module).__name__}) got a gradient but its forward was "
+                            "never called with gradients enabled: it is used functionally by another module, so its "
+                            "per-sample gradients cannot be captured"
+                        )
+                p0 = params[indices[0]]
+                handlers.append(ZeroLayer(indices, [params[i].shape for i in indices], n, p0.dtype, p0.device))
+                continue
+            fp, _ = find_fast_path(record.module)
+            for call in record.complete_calls():
+                if call.inputs.shape[0] != n:
+                    raise RuntimeError(
+                        f"module {mname!r} was called with batch size {call.inputs.shape[0]} but the step's batch "
+                        f"has {n} samples: per-sample gradients need the batch on dimension 0 of every layer input"
+                    )
+            h = fp.build(record, self.index_of, scale, self.memory_cap)
+            if h is not None:
+                handlers.append(h)
+        if self.fallback_indices:
+            handlers.append(self._fallback(ctx, n))
+        return PerSampleLayers(handlers, n, list(self.fallback_names), ill)
+
+    def _fallback(self, ctx: StepContext, n: int) -> LayerStatistics:
+        loss_fn = self.inspector.user_loss_fn
+        if loss_fn is None:
+            raise RuntimeError(
+                "per-sample gradients of " + ", ".join(self.fallback_names[:5]) + " need the torch.func fallback, "
+                "which re-evaluates the loss: pass loss_fn to trainspect.attach"
+            )
+        if ctx.inputs is None:
+            raise RuntimeError("the torch.func fallback needs the batch: use `with inspector.step(inputs, targets):`")
+        if self._functional is None:
+            self._functional = FunctionalPerSampleGradients(
+                self.inspector.model, loss_fn, self.fallback_names, self.memory_cap
+            )
+        if ctx.phase == "update":
+            before = ctx.get("params_before_update")
+            values = tuple(before[i] for i in self.fallback_indices)
+        else:
+            values = tuple(ctx.params[i].detach() for i in self.fallback_indices)
+        return fallback_layer(self._functional, self.fallback_indices, values, ctx.inputs, ctx.targets, n)
+
+
+def requested_quantities(ctx: StepContext) -> set[str]:
+    """The optional quantities (:data:`QUANTITIES`) that this step's due instruments ask for."""
+    out: set[str] = set()
+    for inst in ctx.due_instruments:
+        out.update(getattr(inst, "per_sample_quantities", ()))
+    return out
+
+
+def project_per_sample(ctx: StepContext, directions: list[list[torch.Tensor]]) -> torch.Tensor:
+    """g_{i,p}ᵀ v_p for every local sample i, tracked parameter p and direction v: [N_local, P, K] float64.
+
+    Directions are lists of tensors aligned with ``ctx.params``. Works in the update phase too (the
+    captured tensors are those of θ_t), so directions known only after ``optimizer.step()`` (the update)
+    can be used.
+    """
+    layers: PerSampleLayers = ctx.get("per_sample_layers")
+    out = torch.zeros(layers.batch_size, len(ctx.params), len(directions), dtype=torch.float64)
+    for h in layers.handlers:
+        dirs = [[d[i] for i in h.param_indices] for d in directions]
+        out[:, h.param_indices] = h.project(dirs).to(torch.float64).cpu()
+    return out
+
+
+class PerSampleGradients(Provider):
+    """Sufficient statistics of the per-sample gradients (:class:`.PerSampleGradStats`), all-reduced.
+
+    Class attributes: ``histogram_samples`` (elements sampled per parameter tensor for the histogram
+    estimate, default 2**15; every element of a tensor smaller than that).
+    """
+
+    name = "per_sample_grads"
+    requires = ("per_sample_layers",)
+    histogram_samples: int = 2**15
+
+    def compute(self, ctx: StepContext) -> PerSampleGradStats:
+        layers: PerSampleLayers = ctx.get("per_sample_layers")
+        want = requested_quantities(ctx)
+        params = ctx.params
+        n_local = layers.batch_size
+        n_params = len(params)
+        sum_grads: list[torch.Tensor | None] = [None] * n_params
+        sum_sq: list[torch.Tensor | None] = [None] * n_params
+        sq_norms = torch.zeros(n_local, n_params, dtype=torch.float64)
+        for h in layers.handlers:
+            for loc, s in zip(h.param_indices, h.sum_grads()):
+                sum_grads[loc] = s
+            sq_norms[:, h.param_indices] = h.sq_norms().to(torch.float64).cpu()
+            if "sum_grads_squared" in want:
+                for loc, s in zip(h.param_indices, h.sum_grads_squared()):
+                    sum_sq[loc] = s
+        extra = [s for s in sum_sq if s is not None]
+        reduced = all_reduce_sum(
+            [*sum_grads, *extra, sq_norms.sum(0), torch.tensor([float(n_local)], dtype=torch.float64)]
+        )
+        sum_grads_r = list(reduced[:n_params])
+        sum_sq_r = list(reduced[n_params:n_params + len(extra)]) or None
+        sum_sq_norms, n_total = reduced[-2], int(round(float(reduced[-1][0])))
+        stats = PerSampleGradStats(
+            batch_size=n_total, param_names=list(ctx.param_names), sum_grads=sum_grads_r,
+            sum_sq_norms=sum_sq_norms, sq_norms=sq_norms, sum_grads_squared=sum_sq_r,
+            loss_reduction=ctx.loss_reduction, fallback_params=layers.fallback_params, ill_defined=layers.ill_defined,
+        )
+        if "proj_mean" in want:
+            proj = project_per_sample(ctx, [stats.mean_grads])[:, :, 0]
+            r = all_reduce_sum([proj.square().sum(0), proj.sum(1).square().sum().reshape(1)])
+            stats.proj_mean, stats.sum_proj_mean_sq, stats.sum_proj_mean_total_sq = proj, r[0], r[1][0]
+        if "elements" in want:
+            stats.elements = self._sample_elements(ctx, layers)
+        return stats
+
+    def _sample_elements(self, ctx: StepContext, layers: PerSampleLayers) -> GradientElementSample:
+        """A uniform sample of ``histogram_samples`` (sample, coordinate) pairs per parameter tensor."""
+        gen = torch.Generator().manual_seed(1_000_003 * (ctx.step + 1))
+        n = layers.batch_size
+        values, pvals, layer, weights = [], [], [], []
+        for h in layers.handlers:
+            for loc, idx in enumerate(h.param_indices):
+                numel = ctx.params[idx].numel()
+                total = n * numel
+                if total <= self.histogram_samples:
+                    flat = torch.arange(total)
+                    samples, coords = flat // numel, flat % numel
+                else:
+                    samples = torch.randint(0, n, (self.histogram_samples,), generator=gen)
+                    coords = torch.randint(0, numel, (self.histogram_samples,), generator=gen)
+                dev = ctx.params[idx].device
+                v = h.elements(loc, samples.to(dev), coords.to(dev)).to(torch.float64).cpu()
+                values.append(v)
+                pvals.append(ctx.params[idx].detach().reshape(-1)[coords.to(dev)].to(torch.float64).cpu())
+                layer.append(torch.full((v.shape[0],), idx, dtype=torch.int64))
+                weights.append(torch.full((v.shape[0],), total / v.shape[0], dtype=torch.float64))
+        return GradientElementSample(torch.cat(values), torch.cat(pvals), torch.cat(layer), torch.cat(weights))
+
+
+class PerSampleLosses(Provider):
+    """ℓ_i, the loss of each (local) sample: the loss function applied to one sample's output and target.
+
+    Needs the loss's arguments (an ``nn.Module`` loss given to ``attach``, or ``inspector.loss_fn``).
+    """
+
+    name = "per_sample_losses"
+
+    def compute(self, ctx: StepContext) -> torch.Tensor:
+        loss_fn = self.inspector.user_loss_fn
+        if loss_fn is None or ctx.model_output is None:
+            raise RuntimeError(
+                "per-sample losses need the loss function's inputs: pass an nn.Module loss to trainspect.attach "
+                "(or call inspector.loss_fn(output, target) instead of your loss function)"
+            )
+        out, target = ctx.model_output, ctx.loss_target
+        with torch.no_grad():
+            if target is None:
+                return torch.vmap(lambda o: loss_fn(o.unsqueeze(0)))(out.detach()).to(torch.float64)
+            return torch.vmap(lambda o, t: loss_fn(o.unsqueeze(0), t.unsqueeze(0)))(
+                out.detach(), target.detach() if isinstance(target, torch.Tensor) else target
+            ).to(torch.float64)
+
+

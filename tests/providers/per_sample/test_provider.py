@@ -1,0 +1,136 @@
+"""Every per-sample statistic vs a brute-force loop of per-sample torch.autograd.grad (float64, rtol 1e-5)."""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+from torch import nn
+
+import trainspect
+from trainspect.engine.values import SeriesInfo
+from trainspect.instruments.base import Instrument
+from trainspect.providers.per_sample import PerSampleGradients, project_per_sample
+
+from .models import KINDS, brute_force_per_sample_grads, problem
+
+RTOL = 1e-5
+
+
+class GrabPerSample(Instrument):
+    """Test instrument: keeps the step's per-sample statistics and projections on two directions."""
+
+    name = "test_grab_per_sample"
+    requires = ("per_sample_grads",)
+    per_sample_quantities = ("sum_grads_squared", "proj_mean", "elements")
+    series = (SeriesInfo("test_grab_dummy"),)
+    directions: list[list[torch.Tensor]] = []
+    grabbed: list = []
+
+    def compute(self, ctx):
+        stats = ctx.get("per_sample_grads")
+        proj = project_per_sample(ctx, self.directions) if self.directions else None
+        GrabPerSample.grabbed.append((stats, proj))
+        return {}
+
+
+def run_one_step(kind: str, reduction: str, tmp_path, n: int = 6):
+    model, x, y, loss = problem(kind, n)
+    loss.reduction = reduction
+    reference = brute_force_per_sample_grads(model, x, y, loss)
+    gen = torch.Generator().manual_seed(1)
+    params = [p for p in model.parameters()]
+    GrabPerSample.directions = [[torch.randn(p.shape, generator=gen, dtype=p.dtype) for p in params] for _ in range(2)]
+    GrabPerSample.grabbed = []
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    inspector = trainspect.attach(model, optimizer, loss, run_dir=tmp_path / kind, instruments=["test_grab_per_sample"],
+                                  checks=None, progress=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        optimizer.zero_grad()
+        with inspector.step(x, y):
+            out = loss(model(x), y)
+            out.backward()
+        batch_grads = [p.grad.clone() for p in params]
+        before = [p.detach().clone() for p in params]
+        optimizer.step()
+    inspector.close()
+    assert not inspector.errors, inspector.errors
+    (stats, proj), = GrabPerSample.grabbed
+    return stats, proj, reference, batch_grads, GrabPerSample.directions, before
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+@pytest.mark.parametrize("kind", KINDS)
+def test_statistics_match_brute_force(kind, reduction, tmp_path):
+    stats, proj, ref, batch_grads, directions, params = run_one_step(kind, reduction, tmp_path)
+    n = ref[0].shape[0]
+    assert stats.batch_size == n
+    flat = torch.cat([g.reshape(n, -1) for g in ref], 1)
+    # Σ_i g_i, and its consistency with the real mini-batch gradient
+    for s, g, bg in zip(stats.sum_grads, ref, batch_grads):
+        torch.testing.assert_close(s, g.sum(0), rtol=RTOL, atol=1e-10)
+        torch.testing.assert_close(s / (n if reduction == "mean" else 1), bg, rtol=RTOL, atol=1e-10)
+    # ‖g_{i,p}‖², Σ_i ‖g_{i,p}‖²
+    sq = torch.stack([g.reshape(n, -1).square().sum(1) for g in ref], 1)
+    torch.testing.assert_close(stats.sq_norms, sq, rtol=RTOL, atol=1e-12)
+    torch.testing.assert_close(stats.sum_sq_norms, sq.sum(0), rtol=RTOL, atol=1e-12)
+    # Σ_i g_i²
+    for s, g in zip(stats.sum_grads_squared, ref):
+        torch.testing.assert_close(s, g.square().sum(0), rtol=RTOL, atol=1e-12)
+    # projections on ḡ, per parameter and in total
+    mean = [g.mean(0) for g in ref]
+    pi = torch.stack([(g.reshape(n, -1) * m.reshape(1, -1)).sum(1) for g, m in zip(ref, mean)], 1)
+    torch.testing.assert_close(stats.proj_mean, pi, rtol=RTOL, atol=1e-12)
+    torch.testing.assert_close(stats.sum_proj_mean_sq, pi.square().sum(0), rtol=RTOL, atol=1e-12)
+    total = flat @ torch.cat([m.reshape(-1) for m in mean])
+    torch.testing.assert_close(stats.sum_proj_mean_total_sq, total.square().sum(), rtol=RTOL, atol=1e-12)
+    # projections on arbitrary directions (computed from the capture, in the gradient phase)
+    for k, d in enumerate(directions):
+        expected = torch.stack([(g.reshape(n, -1) * v.reshape(1, -1)).sum(1) for g, v in zip(ref, d)], 1)
+        torch.testing.assert_close(proj[:, :, k], expected, rtol=RTOL, atol=1e-12)
+    # sampled elements: every (sample, coordinate) is the right per-sample gradient element
+    el = stats.elements
+    for p, g in enumerate(ref):
+        mask = el.layer == p
+        assert mask.any()
+        # all elements of these tiny parameters are taken (N·D ≤ histogram_samples)
+        torch.testing.assert_close(el.values[mask].sort().values, g.reshape(-1).sort().values, rtol=RTOL, atol=1e-12)
+        torch.testing.assert_close(el.weights[mask].sum(), torch.tensor(float(g.numel()), dtype=torch.float64))
+        pv = params[p].reshape(-1)
+        assert set(el.param_values[mask].tolist()) <= set(pv.tolist())
+
+
+def test_sampled_elements_are_the_right_elements(tmp_path, monkeypatch):
+    """With sampling (fewer samples than elements) each sampled value is g_i[c] for its (i, c)."""
+    monkeypatch.setattr(PerSampleGradients, "histogram_samples", 17)
+    stats, _, ref, *_ = run_one_step("cnn", "mean", tmp_path)
+    el = stats.elements
+    for p, g in enumerate(ref):
+        mask = el.layer == p
+        n_el = int(mask.sum())
+        assert n_el == min(17, g.numel())
+        values = set(round(v, 9) for v in g.reshape(-1).tolist())
+        assert all(round(v, 9) in values for v in el.values[mask].tolist())
+
+
+def test_batchnorm_in_training_mode_warns_and_names_the_module(tmp_path):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 5), nn.BatchNorm1d(5), nn.Linear(5, 2)).double()
+    x, y = torch.randn(8, 4, dtype=torch.float64), torch.randint(0, 2, (8,))
+    loss = nn.CrossEntropyLoss()
+    GrabPerSample.directions, GrabPerSample.grabbed = [], []
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    inspector = trainspect.attach(model, optimizer, loss, run_dir=tmp_path / "bn", instruments=["test_grab_per_sample"],
+                                  checks=None, progress=False)
+    with pytest.warns(RuntimeWarning, match=r"BatchNorm1d '1' is in training mode"):
+        with inspector.step(x, y):
+            loss(model(x), y).backward()
+    optimizer.step()
+    inspector.close()
+    stats, _ = GrabPerSample.grabbed[0]
+    assert stats.ill_defined == ["1"]
+    # documented behaviour: the per-sample contributions still sum to the mini-batch gradient
+    for s, p in zip(stats.sum_grads, model.parameters()):
+        torch.testing.assert_close(s / 8, p.grad, rtol=RTOL, atol=1e-12)
