@@ -203,3 +203,50 @@ def test_missing_batch_is_recorded_not_raised():
         opt.step()
     inspector.close()
     assert "inspector.step(x, y)" in inspector.errors[0]["message"]
+
+
+def _tic_reference(model, loss_fn, x, y):
+    """Cockpit's TIC formulas on the dense Hessian diagonal and a Python loop of per-sample gradients."""
+    H = dense_hessian(model, loss_fn, x, y)
+    params = list(model.parameters())
+    m = torch.zeros(sum(p.numel() for p in params), dtype=torch.float64)
+    for i in range(x.shape[0]):
+        g = torch.autograd.grad(loss_fn(model(x[i:i + 1]), y[i:i + 1]), params)
+        m += flatten(g).square()
+    m /= x.shape[0]
+    d = torch.diagonal(H)
+    return float((m / (d + 1e-7)).sum()), float(m.sum() / (d.sum() + 1e-7))
+
+
+def test_tic_matches_its_formula_on_the_dense_hessian():
+    model, loss_fn, batches = _mlp(2)
+    opt = torch.optim.SGD(model.parameters(), lr=0.2)
+    records, refs = _run(model, loss_fn, opt, batches, ["tic_diag", "tic_trace"],
+                         lambda x, y: _tic_reference(model, loss_fn, x, y))
+    for rec, (diag_ref, trace_ref) in zip(records, refs):
+        assert rec.scalars["tic_diag"] == pytest.approx(diag_ref, rel=1e-8)
+        assert rec.scalars["tic_trace"] == pytest.approx(trace_ref, rel=1e-8)
+
+
+@pytest.mark.parametrize("case", ["mlp_tanh_ce", "mlp_relu_mse", "cnn_ce"])
+def test_ggn_diagonal_is_the_dense_ggn_diagonal(case):
+    from tests.functional.curvature_cases import dense_ggn, make_case
+    from trainspect.functional.diagonal import ggn_diagonal
+
+    model, loss_fn, x, y = make_case(case)
+    names = [n for n, _ in model.named_parameters()]
+    got = flatten(ggn_diagonal(model, loss_fn, x, y, names))
+    torch.testing.assert_close(got, torch.diagonal(dense_ggn(model, loss_fn, x, y)))
+
+
+def test_configurations_add_curvature_with_its_own_schedule():
+    from trainspect.configurations import resolve_instruments
+    from trainspect.instruments.curvature import CURVATURE_SCHEDULE
+
+    business = {i.name: i for i in resolve_instruments("business")}
+    full = {i.name: i for i in resolve_instruments("full")}
+    assert {"hessian_trace", "tic_diag"} <= set(business)
+    assert {"hessian_max_eigenvalue", "hessian_min_eigenvalue", "sharpness", "loss_slice"} <= set(full)
+    assert business["hessian_trace"].schedule is CURVATURE_SCHEDULE
+    assert [s for s in range(30) if full["hessian_max_eigenvalue"].is_due(s)] == [
+        0, 1, 2, 3, 4, 5, 6, 8, 10, 13, 16, 20, 25]

@@ -13,14 +13,17 @@ Lanczos iteration; with one process there is no communication.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 
 from trainspect.engine.context import NotAvailable
 from trainspect.engine.distributed import all_reduce_sum, world_size
-from trainspect.functional.hvp import HessianOperator
+from trainspect.functional.diagonal import ggn_diagonal
+from trainspect.functional.hvp import HessianOperator, unflatten
 from trainspect.functional.lanczos import LanczosResult, lanczos_extreme_eigenvalues
+from trainspect.functional.trace import exact_diagonal
 from trainspect.providers.base import Provider
 
 if TYPE_CHECKING:
@@ -117,3 +120,49 @@ class HessianExtremeEigenvalues(Provider):
         )
         result.num_matvecs = op.num_matvecs - before
         return result
+
+
+@dataclass
+class HessianDiagonalValue:
+    """diag of the curvature of the *mean* mini-batch loss, one tensor per tracked parameter.
+
+    Attributes:
+        diagonal: the diagonal entries, per parameter (parameter's shape).
+        kind: ``"hessian"`` (exact diag(H), one product per parameter) or ``"ggn"`` (exact diag of the
+            generalized Gauss-Newton matrix, for models too large for the first).
+    """
+
+    diagonal: list[torch.Tensor]
+    kind: str
+
+
+class HessianDiagonal(Provider):
+    """The exact curvature diagonal of the step's mean loss, for TIC (Cockpit's ``DiagHessian``/``DiagGGNExact``).
+
+    Models with at most ``exact_max_dim`` parameters (default 4096) get the exact Hessian diagonal from
+    ``dim`` Hessian-vector products (any twice-differentiable model); larger ones the exact GGN diagonal
+    (:func:`~trainspect.functional.diagonal.ggn_diagonal`; K per-sample passes, K = outputs per sample),
+    which needs a per-sample loss and a model that treats samples independently. A ``reduction="sum"``
+    loss is rescaled by 1/N, because Cockpit's definitions (TIC) use the mean loss.
+    """
+
+    name = "hessian_diagonal"
+    requires = ("hessian_operator",)
+    exact_max_dim: ClassVar[int] = 4096
+
+    def compute(self, ctx: StepContext) -> HessianDiagonalValue:
+        op = ctx.get("hessian_operator")
+        if op.dim <= self.exact_max_dim:
+            flat = exact_diagonal(op.matmat, op.dim, dtype=basis_dtype(op.dim, op.dtype), device=op.device)
+            diag, kind = unflatten(flat, [p.shape for p in ctx.params]), "hessian"
+        else:
+            diag = ggn_diagonal(ctx.model, ctx.inspector.user_loss_fn, ctx.inputs, ctx.targets, ctx.param_names)
+            diag, kind = all_reduce_sum(diag), "ggn"
+            if world_size() > 1:
+                diag = [d / world_size() for d in diag]
+        if ctx.loss_reduction == "sum":
+            n = ctx.batch_size
+            if not n:
+                raise RuntimeError("hessian_diagonal: cannot tell the batch size to rescale a reduction='sum' loss")
+            diag = [d / n for d in diag]
+        return HessianDiagonalValue(diag, kind)
