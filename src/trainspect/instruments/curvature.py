@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 
-from trainspect.engine.context import NotAvailable
+from trainspect.engine.context import NotAvailable, ProviderError
 from trainspect.engine.schedules import Schedule, every, logarithmic
 from trainspect.engine.values import Curve, SeriesInfo
 from trainspect.functional.hvp import flatten
@@ -97,11 +97,12 @@ class HessianTrace(Instrument):
     Cockpit's ``HessTrace`` computes the exact diagonal with BackPACK (Linear/Conv with MSE/cross-entropy
     only); here any twice-differentiable model works. Per block: the diagonal of the deflated part is exact
     and the residual is estimated by the diagonal Hutchinson estimator (``hutchpp_layer_traces``).
-    Exact where affordable: if the model has at most 3 × ``num_matvecs`` parameters, the whole diagonal is
-    computed exactly (standard error 0); otherwise the smallest parameter tensors (biases) are exact up
-    to ``exact_budget`` extra products.
+    Exact where affordable: if the model has at most ``exact_max_dim`` parameters (default 90, 3 × the
+    Hutch++ budget), or if a TIC instrument is due and has computed the exact diagonal anyway (shared
+    ``hessian_diagonal`` provider), the trace is exact (standard error 0); otherwise the smallest
+    parameter tensors (biases) are exact up to ``exact_budget`` extra products.
 
-    Class attributes: ``num_matvecs`` (Hutch++ products, 30), ``exact_budget`` (30).
+    Class attributes: ``num_matvecs`` (Hutch++ products, 30), ``exact_budget`` (30), ``exact_max_dim`` (90).
     """
 
     name = "hessian_trace"
@@ -109,6 +110,7 @@ class HessianTrace(Instrument):
     default_schedule = CURVATURE_SCHEDULE
     num_matvecs: ClassVar[int] = 30
     exact_budget: ClassVar[int] = 30
+    exact_max_dim: ClassVar[int] = 90
     series = (
         SeriesInfo("hessian_trace", "scalar", "tr(H), the summed curvature of the mini-batch loss",
                    "positive, stabilizing", group="curvature"),
@@ -122,7 +124,7 @@ class HessianTrace(Instrument):
     def compute(self, ctx: StepContext) -> dict[str, Any]:
         op = ctx.get("hessian_operator")
         sizes = [p.numel() for p in ctx.params]
-        if op.dim <= 3 * self.num_matvecs:
+        if op.dim <= self.exact_max_dim:
             exact = list(range(len(sizes)))
             num = 4
         else:
@@ -134,8 +136,20 @@ class HessianTrace(Instrument):
                 spent += sizes[i]
             num = self.num_matvecs
         dtype = basis_dtype(op.dim, op.dtype)
-        if len(exact) == len(sizes):
+        shared = None
+        if "hessian_diagonal" in ctx.needed_providers:  # TIC is due too: reuse its exact diagonal if it has one
+            try:
+                shared = ctx.get("hessian_diagonal")
+            except ProviderError:
+                shared = None
+        if shared is not None and shared.kind == "hessian":
+            scale = float(ctx.batch_size) if ctx.loss_reduction == "sum" else 1.0  # undo its 1/N
+            diag = torch.cat([d.reshape(-1) for d in shared.diagonal]) * scale
+        elif len(exact) == len(sizes):
             diag = exact_diagonal(op.matmat, op.dim, dtype=dtype, device=op.device)
+        else:
+            diag = None
+        if diag is not None:
             layers = torch.stack([b.sum() for b in torch.split(diag, sizes)]).to(torch.float64).cpu()
             return {"hessian_trace": layers.sum(), "hessian_trace_standard_error": 0.0,
                     "layer_hessian_trace": layers, "hessian_trace_products": op.dim}
