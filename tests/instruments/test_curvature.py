@@ -250,3 +250,25 @@ def test_configurations_add_curvature_with_its_own_schedule():
     assert business["hessian_trace"].schedule is CURVATURE_SCHEDULE
     assert [s for s in range(30) if full["hessian_max_eigenvalue"].is_due(s)] == [
         0, 1, 2, 3, 4, 5, 6, 8, 10, 13, 16, 20, 25]
+
+
+def test_tic_uses_the_exact_ggn_diagonal_for_large_models(monkeypatch):
+    from tests.functional.curvature_cases import dense_ggn
+    from trainspect.providers.hvp import HessianDiagonal
+
+    monkeypatch.setattr(HessianDiagonal, "exact_max_dim", 0)  # pretend the model is large
+    model, loss_fn, batches = _mlp(3)
+    opt = torch.optim.SGD(model.parameters(), lr=0.2)
+
+    def reference(x, y):
+        params = list(model.parameters())
+        m = torch.zeros(sum(p.numel() for p in params), dtype=torch.float64)
+        for i in range(x.shape[0]):
+            m += flatten(torch.autograd.grad(loss_fn(model(x[i:i + 1]), y[i:i + 1]), params)).square()
+        m /= x.shape[0]
+        d = torch.diagonal(dense_ggn(model, loss_fn, x, y))
+        return float((m / (d + 1e-7)).sum())
+
+    records, refs = _run(model, loss_fn, opt, batches[:2], ["tic_diag"], reference)
+    for rec, ref in zip(records, refs):
+        assert rec.scalars["tic_diag"] == pytest.approx(ref, rel=1e-8)

@@ -42,6 +42,8 @@ class LanczosResult:
         error_bound_largest, error_bound_smallest: the a-posteriori bounds min(r, r²/δ) at the end.
         ritz_values: all Ritz values of the final tridiagonal matrix (ascending).
         largest_vector, smallest_vector: the Ritz vectors (unit norm), if ``return_vectors``.
+        largest_history, smallest_history: the extreme Ritz values after each product (for benchmarks
+            and convergence plots).
     """
 
     largest: float
@@ -55,6 +57,8 @@ class LanczosResult:
     ritz_values: torch.Tensor
     largest_vector: torch.Tensor | None = None
     smallest_vector: torch.Tensor | None = None
+    largest_history: list[float] | None = None
+    smallest_history: list[float] | None = None
 
 
 _WHICH = ("both", "largest", "smallest")
@@ -133,6 +137,8 @@ def lanczos_extreme_eigenvalues(
     S = torch.ones(1, 1, dtype=torch.float64)
     bounds = torch.full((1,), float("inf"), dtype=torch.float64)
     conv_hi = conv_lo = False
+    hist_hi: list[float] = []
+    hist_lo: list[float] = []
     for k in range(max_iter):
         w = matvec(basis[k])
         num_matvecs += 1
@@ -155,6 +161,8 @@ def lanczos_extreme_eigenvalues(
             off = torch.tensor(betas, dtype=torch.float64)
             T += torch.diag(off, 1) + torch.diag(off, -1)
         theta, S = torch.linalg.eigh(T)
+        hist_hi.append(float(theta[-1]))
+        hist_lo.append(float(theta[0]))
         _, bounds = _error_bounds(theta, S[-1], beta)
         scale = float(theta.abs().max())
         tol = rtol * torch.clamp(theta.abs(), min=floor * scale)
@@ -187,4 +195,6 @@ def lanczos_extreme_eigenvalues(
         ritz_values=theta,
         largest_vector=vec_hi,
         smallest_vector=vec_lo,
+        largest_history=hist_hi,
+        smallest_history=hist_lo,
     )
