@@ -95,6 +95,7 @@ def lanczos_extreme_eigenvalues(
     floor: float = 1e-3,
     min_iter: int = 3,
     return_vectors: bool = False,
+    start: torch.Tensor | None = None,
 ) -> LanczosResult:
     """Largest and smallest eigenvalues of a symmetric ``dim × dim`` operator, to relative accuracy ``rtol``.
 
@@ -110,6 +111,8 @@ def lanczos_extreme_eigenvalues(
         floor: eigenvalues smaller than ``floor`` × spectral radius are measured relative to that.
         min_iter: products before convergence is tested (guards against a lucky start vector).
         return_vectors: also return the Ritz vectors of both ends.
+        start: start vector (default: Gaussian from ``seed``). A warm start, e.g. last step's Ritz vector
+            plus a little noise, converges in fewer products when the operator changed little.
 
     Raises:
         ValueError: for a non-positive ``dim``/``max_iter``/``rtol``, an unknown ``which``, or a product of
@@ -125,8 +128,13 @@ def lanczos_extreme_eigenvalues(
     if max_iter < 1:
         raise ValueError(f"lanczos_extreme_eigenvalues: max_iter must be positive, got {max_iter!r}")
 
-    gen = torch.Generator().manual_seed(seed)
-    q = torch.randn(dim, generator=gen, dtype=torch.float64).to(dtype=dtype, device=device)
+    if start is not None:
+        if start.shape != (dim,) or not bool(torch.isfinite(start).all()) or float(start.norm()) == 0.0:
+            raise ValueError(f"lanczos_extreme_eigenvalues: start must be a finite non-zero vector of shape ({dim},)")
+        q = start.detach().to(dtype=dtype, device=device if device is not None else start.device)
+    else:
+        gen = torch.Generator().manual_seed(seed)
+        q = torch.randn(dim, generator=gen, dtype=torch.float64).to(dtype=dtype, device=device)
     q = q / q.norm()
     basis = torch.empty(max_iter + 1, dim, dtype=dtype, device=q.device)
     basis[0] = q
