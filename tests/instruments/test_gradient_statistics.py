@@ -118,7 +118,7 @@ def test_alpha_and_cabs_use_the_update_actually_taken(kind, optimizer_name, tmp_
     np.testing.assert_allclose(alphas, [reference_alpha(refs[t], refs[t + 1]) for t in range(len(refs) - 1)],
                                rtol=RTOL, atol=1e-9)
     # CABS generalization: effective learning rate −ḡᵀd/‖ḡ‖² of the update taken
-    steps, lr_eff = run.scalar("cabs_effective_lr")
+    _, lr_eff = run.scalar("cabs_effective_lr")
     expected = []
     for r in refs:
         mean = r["g"].mean(0)

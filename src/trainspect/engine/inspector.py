@@ -207,6 +207,10 @@ class Inspector:
         self._handles: list[Any] = []
         if isinstance(loss_fn, nn.Module):
             self._handles.append(loss_fn.register_forward_hook(self._on_loss_forward))
+        # A common slip: attach(..., nn.CrossEntropyLoss()) but the loop calls another instance. Until the
+        # attached loss is seen, a global forward hook picks up any torch loss module called in the step.
+        self._global_loss_hook: Any = None
+        self._attached_loss_seen = False
         if optimizer is not None:
             self._handles.append(optimizer.register_step_pre_hook(self._on_optimizer_pre))
             self._handles.append(optimizer.register_step_post_hook(self._on_optimizer_post))
@@ -287,6 +291,9 @@ class Inspector:
         for h in self._handles:
             h.remove()
         self._handles.clear()
+        if self._global_loss_hook is not None:
+            self._global_loss_hook.remove()
+            self._global_loss_hook = None
         for p in self._providers.values():
             self._safe(p.close, source=f"provider:{p.name}")
         end = {"end_time": datetime.now(timezone.utc).isoformat(), "status": "finished", "steps": self._step}
@@ -320,6 +327,8 @@ class Inspector:
         ctx.needed_providers = self._required_providers(ctx.due_instruments)
         for name in ctx.needed_providers:
             self._safe(self.provider(name).arm, ctx, source=f"provider:{name}")
+        if not self._attached_loss_seen and self._global_loss_hook is None:
+            self._global_loss_hook = nn.modules.module.register_module_forward_hook(self._on_any_loss_forward)
         self._ctx = ctx
         ctx.t_enter = time.perf_counter()
         ctx.overhead_seconds += ctx.t_enter - t0
@@ -330,6 +339,9 @@ class Inspector:
         if ctx is None:
             return
         t0 = time.perf_counter()
+        if self._global_loss_hook is not None:
+            self._global_loss_hook.remove()
+            self._global_loss_hook = None
         ctx.user_seconds += t0 - ctx.t_enter
         self._ctx = None
         if failed:  # the user's step raised: drop it without recording, never mask their exception
@@ -528,10 +540,16 @@ class Inspector:
                 self.sinks = [s for s in self.sinks if type(s).__name__ != name]
             return None
 
-    def _on_loss_forward(self, module: nn.Module, args: Any, output: Any) -> None:
+    def _on_any_loss_forward(self, module: nn.Module, args: Any, output: Any) -> None:
+        if isinstance(module, nn.modules.loss._Loss) and module is not self._user_loss_fn:
+            self._on_loss_forward(module, args, output, attached=False)
+
+    def _on_loss_forward(self, module: nn.Module, args: Any, output: Any, attached: bool = True) -> None:
         ctx = self._ctx
         if ctx is None:
             return
+        if attached:
+            self._attached_loss_seen = True
         ctx.loss_reduction = getattr(module, "reduction", ctx.loss_reduction)
         self._set_loss(output, args)
 
@@ -569,6 +587,20 @@ class Inspector:
             else:
                 raise ValueError(f"unknown check {c!r}; known: {', '.join(sorted(CHECKS)) or '(none)'}")
         return out
+
+    def log_samples(self, inputs: Any, outputs: Any, targets: Any, **options: Any) -> bool:
+        """Store this step's examples (inputs, predictions, targets) on a schedule, for the samples view.
+
+        ``outputs`` are class scores (N × C: argmax, softmax and per-example cross-entropy are derived)
+        or predictions (N,). Options (see :func:`trainspect.views.samples.log_samples`): ``schedule``
+        (default every 100 steps), ``losses``, ``max_samples``, ``input_kind``, ``image_shape``,
+        ``class_names``, ``decode`` (token ids → text). Returns True if stored at this step.
+        """
+        from trainspect.views.samples import log_samples
+
+        current = self._ctx or self._pending  # inside the block, or before optimizer.step() finished it
+        step = current.step if current is not None else max(self._step - 1, 0)
+        return log_samples(self, inputs, outputs, targets, step=step, **options)
 
     def _run_meta(self, config: Mapping[str, Any] | None) -> dict[str, Any]:
         from trainspect import __version__

@@ -89,7 +89,7 @@ class Alpha(Instrument):
         if pending is not None:
             lengths.append(pending.length)
         if update is not None:
-            lengths.append(float(torch.stack([u.to(torch.float64).square().sum() for u in update]).sum().sqrt()))
+            lengths.append(float(torch.stack(torch._foreach_norm(update)).to(torch.float64).square().sum().sqrt()))
         scale = torch.tensor([1.0 / v if v > 0 else 0.0 for v in lengths], dtype=torch.float64)
         slopes = proj * scale  # g_iᵀd/‖d‖
         sums = all_reduce_sum([

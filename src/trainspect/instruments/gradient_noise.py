@@ -52,7 +52,7 @@ class MeanGSNR(Instrument):
 
     name = "mean_gsnr"
     requires = ("per_sample_grads",)
-    per_sample_quantities = ("sum_grads_squared",)
+    per_sample_quantities = ("sum_grads", "sum_grads_squared")
     epsilon = 1e-5
     series = (
         SeriesInfo("mean_gsnr", "scalar", "mean over parameters of ḡ_d² / Var_i[g_{i,d}] (Liu et al. 2020)",
@@ -70,7 +70,7 @@ class CABS(Instrument):
     name = "cabs"
     requires = ("per_sample_grads", "update")
     after_update = True
-    per_sample_quantities = ("sum_grads_squared",)
+    per_sample_quantities = ("sum_grads", "sum_grads_squared")
     series = (
         SeriesInfo("cabs_batch_size", "scalar", "CABS suggested batch size α·tr(Σ̂)/L (Balles et al. 2017)",
                    "close to the batch size used", log_scale=True, group="gradients"),
@@ -102,7 +102,7 @@ class EarlyStopping(Instrument):
 
     name = "early_stopping"
     requires = ("per_sample_grads",)
-    per_sample_quantities = ("sum_grads_squared",)
+    per_sample_quantities = ("sum_grads", "sum_grads_squared")
     epsilon = 1e-5
     series = (
         SeriesInfo("early_stopping", "scalar", "1 − (N/D) Σ_d ḡ_d²/σ̂_d² (Mahsereci et al. 2017); > 0: stop",

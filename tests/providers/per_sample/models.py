@@ -75,6 +75,20 @@ class CustomModel(nn.Module):
         return self.head(h)
 
 
+class WideModel(nn.Module):
+    """Layers wider than the batch: their statistics come from the per-layer Gram matrices (T = 3 and T = 1)."""
+
+    def __init__(self):
+        super().__init__()
+        self.sequence_layer = nn.Linear(40, 60)
+        self.wide = nn.Linear(60, 30)
+        self.head = nn.Linear(30, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.relu(self.sequence_layer(x)).mean(1)
+        return self.head(torch.tanh(self.wide(h)))
+
+
 def mlp() -> nn.Module:
     return nn.Sequential(nn.Linear(6, 7), nn.ReLU(inplace=True), nn.Linear(7, 5), nn.Sigmoid(), nn.Linear(5, 3))
 
@@ -102,6 +116,8 @@ def problem(kind: str, n: int = 6, seed: int = 0) -> tuple[nn.Module, torch.Tens
         x[0, :2] = 0  # padding
         x[1, 1] = x[1, 3]  # a repeated row within a sample
         loss = nn.CrossEntropyLoss()
+    elif kind == "wide":
+        model, x, y, loss = WideModel(), torch.randn(n, 3, 40), torch.randint(0, 3, (n,)), nn.CrossEntropyLoss()
     elif kind == "custom":
         model, x, y, loss = CustomModel(), torch.randn(n, 2, 4), torch.randint(0, 2, (n,)), nn.CrossEntropyLoss()
     else:
@@ -114,10 +130,12 @@ def problem(kind: str, n: int = 6, seed: int = 0) -> tuple[nn.Module, torch.Tens
     return model, x, y, loss
 
 
-KINDS = ("mlp", "cnn", "attention", "gru", "embedding", "custom")
+KINDS = ("mlp", "cnn", "attention", "gru", "embedding", "custom", "wide")
 
 
-def brute_force_per_sample_grads(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss: nn.Module) -> list[torch.Tensor]:
+def brute_force_per_sample_grads(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss: nn.Module
+) -> list[torch.Tensor]:
     """Per-sample gradients g_i = ∇ℓ_i by a Python loop of torch.autograd.grad, [N, *shape] per parameter."""
     params = [p for p in model.parameters() if p.requires_grad]
     rows = []

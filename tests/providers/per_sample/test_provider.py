@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import warnings
+from typing import ClassVar
 
 import pytest
 import torch
@@ -23,10 +24,10 @@ class GrabPerSample(Instrument):
 
     name = "test_grab_per_sample"
     requires = ("per_sample_grads",)
-    per_sample_quantities = ("sum_grads_squared", "proj_mean", "elements")
+    per_sample_quantities = ("sum_grads", "sum_grads_squared", "proj_mean", "elements")
     series = (SeriesInfo("test_grab_dummy"),)
-    directions: list[list[torch.Tensor]] = []
-    grabbed: list = []
+    directions: ClassVar[list[list[torch.Tensor]]] = []
+    grabbed: ClassVar[list] = []
 
     def compute(self, ctx):
         stats = ctx.get("per_sample_grads")
@@ -72,6 +73,8 @@ def test_statistics_match_brute_force(kind, reduction, tmp_path):
     for s, g, bg in zip(stats.sum_grads, ref, batch_grads):
         torch.testing.assert_close(s, g.sum(0), rtol=RTOL, atol=1e-10)
         torch.testing.assert_close(s / (n if reduction == "mean" else 1), bg, rtol=RTOL, atol=1e-10)
+    torch.testing.assert_close(stats.mean_grad_sq_norms, torch.stack([g.mean(0).square().sum() for g in ref]),
+                               rtol=RTOL, atol=1e-14)
     # ‖g_{i,p}‖², Σ_i ‖g_{i,p}‖²
     sq = torch.stack([g.reshape(n, -1).square().sum(1) for g in ref], 1)
     torch.testing.assert_close(stats.sq_norms, sq, rtol=RTOL, atol=1e-12)
@@ -105,6 +108,7 @@ def test_statistics_match_brute_force(kind, reduction, tmp_path):
 def test_sampled_elements_are_the_right_elements(tmp_path, monkeypatch):
     """With sampling (fewer samples than elements) each sampled value is g_i[c] for its (i, c)."""
     monkeypatch.setattr(PerSampleGradients, "histogram_samples", 17)
+    monkeypatch.setattr(PerSampleGradients, "histogram_min_samples", 17)
     stats, _, ref, *_ = run_one_step("cnn", "mean", tmp_path)
     el = stats.elements
     for p, g in enumerate(ref):
@@ -134,3 +138,14 @@ def test_batchnorm_in_training_mode_warns_and_names_the_module(tmp_path):
     # documented behaviour: the per-sample contributions still sum to the mini-batch gradient
     for s, p in zip(stats.sum_grads, model.parameters()):
         torch.testing.assert_close(s / 8, p.grad, rtol=RTOL, atol=1e-12)
+
+
+def test_wide_layers_use_the_gram_path():
+    """The `wide` test problem really exercises the Gram path (so the brute-force tests above cover it)."""
+    from trainspect.providers.per_sample.bilinear import BilinearLayer
+
+    n, t = 6, 3
+    layer = BilinearLayer(torch.randn(n, t, 40), torch.randn(n, t, 60), 0, 1, torch.Size([60, 40]),
+                          torch.Size([60]))
+    assert layer.gram() is not None
+    assert BilinearLayer(torch.randn(n, 1, 6), torch.randn(n, 1, 7), 0, None, torch.Size([7, 6]), None).gram() is None

@@ -21,6 +21,11 @@ import torch
 from trainspect.providers.per_sample.layer import DEFAULT_MEMORY_CAP, LayerStatistics
 
 
+def concat_positions(tensors: list[torch.Tensor]) -> torch.Tensor:
+    """Positions of several calls side by side, [N, ΣT, D] (no copy for the usual single call)."""
+    return tensors[0] if len(tensors) == 1 else torch.cat(tensors, 1)
+
+
 class BilinearLayer(LayerStatistics):
     """Per-sample statistics of a weight (Dout×Din after reshaping) and an optional bias.
 
@@ -80,6 +85,25 @@ class BilinearLayer(LayerStatistics):
         return self.T * self.T * (self.din + self.dout) > self.T * self.din * self.dout
 
     # -- statistics --------------------------------------------------------------------------------
+    def gram(self) -> torch.Tensor | None:
+        """K_{ij} = g_iᵀg_j = Σ_{t,s} (a_{i,t}·a_{j,s})(δ_{i,t}·δ_{j,s}) for the weight, Σ_{t,s} δ_{i,t}·δ_{j,s}
+        for the bias: N²T²(Din+Dout) flops, used when below a projection's N·T·Din·Dout (e.g. T = 1 layers
+        wider than the batch) and the (NT)² matrix is small."""
+        n, t = self.batch_size, self.T
+        if n * t * (self.din + self.dout) >= self.din * self.dout or (n * t) ** 2 > 2**24:
+            return None
+        a = self.A.reshape(n * t, self.din)
+        g = self.G.reshape(n * t, self.dout)
+        kg = g @ g.T
+        out = []
+        for role in self.roles:
+            if role == "weight":
+                k = (a @ a.T) * kg
+            else:
+                k = kg
+            out.append(k.reshape(n, t, n, t).sum((1, 3)) if t > 1 else k)
+        return torch.stack(out)
+
     def sum_grads(self) -> list[torch.Tensor]:
         out = []
         for role, shape in zip(self.roles, self.shapes):
@@ -136,7 +160,9 @@ class BilinearLayer(LayerStatistics):
         if self.roles[local] == "bias":
             return self.bias_grads[samples, coords]
         rows, cols = coords // self.din, coords % self.din
-        out = torch.empty(samples.shape[0], dtype=self.A.dtype)
+        if self.T == 1:
+            return self.G[:, 0][samples, rows] * self.A[:, 0][samples, cols]
+        out = torch.empty(samples.shape[0], dtype=self.A.dtype, device=self.A.device)
         step = max(1, (2**24) // max(self.T, 1))  # bound the [S, T] gather
         for s in range(0, samples.shape[0], step):
             i, o, k = samples[s:s + step], rows[s:s + step], cols[s:s + step]

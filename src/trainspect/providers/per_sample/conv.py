@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from trainspect.providers.per_sample.bilinear import BilinearLayer
+from trainspect.providers.per_sample.bilinear import concat_positions as _cat
 from trainspect.providers.per_sample.capture import ModuleCapture
 from trainspect.providers.per_sample.registry import fast_path
 
@@ -67,8 +68,10 @@ def build_conv(record: ModuleCapture, index_of: dict[int, int], scale: float, me
                 "per-sample gradients need a batch dimension"
             )
     n = calls[0].inputs.shape[0]
-    a = torch.cat([unfold_patches(module, c.inputs) for c in calls], 1)
-    g = torch.cat([c.grad_output.reshape(n, module.out_channels, -1).transpose(1, 2) for c in calls], 1) * scale
+    a = _cat([unfold_patches(module, c.inputs) for c in calls])
+    g = _cat([c.grad_output.reshape(n, module.out_channels, -1).transpose(1, 2) for c in calls])
+    if scale != 1.0:
+        g = g * scale
     w, b = module.weight, module.bias
     return BilinearLayer(
         a, g,

@@ -5,6 +5,7 @@ loss ℓ_i w.r.t. θ_p (the engine undoes the 1/N of ``reduction="mean"``). A ha
 parameters, without materializing the N×D per-sample gradients where the layer's structure allows:
 
 * ``sum_grads``            Σ_i g_{i,p}                       (list, one tensor per parameter)
+* ``gram``                 g_{i,p}ᵀg_{j,p}, when that is the cheap way ([k, N, N] or None)
 * ``sq_norms``             ‖g_{i,p}‖²                        ([N, k])
 * ``sum_grads_squared``    Σ_i g_{i,p}² element-wise         (list)
 * ``project(dirs)``        g_{i,p}ᵀ v_{p}  for each direction ([N, k, K])
@@ -33,6 +34,11 @@ class LayerStatistics:
 
     def sum_grads(self) -> list[torch.Tensor]:
         raise NotImplementedError
+
+    def gram(self) -> torch.Tensor | None:
+        """[k, N, N] Gram matrices g_{i,p}ᵀ g_{j,p} per parameter, if cheaper than ``sum_grads`` +
+        ``project`` (then ‖g_i‖², ‖Σ_i g_i‖² and g_iᵀḡ all come from it); None otherwise."""
+        return None
 
     def sq_norms(self) -> torch.Tensor:
         raise NotImplementedError

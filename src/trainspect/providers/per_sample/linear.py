@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from trainspect.providers.per_sample.bilinear import BilinearLayer
+from trainspect.providers.per_sample.bilinear import concat_positions as _cat
 from trainspect.providers.per_sample.capture import ModuleCapture
 from trainspect.providers.per_sample.registry import fast_path
 
@@ -27,8 +28,10 @@ def build_linear(record: ModuleCapture, index_of: dict[int, int], scale: float, 
     module = record.module
     calls = record.complete_calls()
     n = calls[0].inputs.shape[0]
-    a = torch.cat([_positions(c.inputs, n) for c in calls], 1)
-    g = torch.cat([_positions(c.grad_output, n) for c in calls], 1) * scale
+    a = _cat([_positions(c.inputs, n) for c in calls])
+    g = _cat([_positions(c.grad_output, n) for c in calls])
+    if scale != 1.0:
+        g = g * scale
     w, b = module.weight, module.bias
     return BilinearLayer(
         a, g,

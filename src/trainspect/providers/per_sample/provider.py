@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
-from trainspect.engine.distributed import all_reduce_sum
+from trainspect.engine.distributed import all_reduce_sum, world_size
 from trainspect.providers.base import Provider
 
 # fast paths register themselves on import
@@ -41,7 +41,7 @@ if TYPE_CHECKING:
     from trainspect.engine.inspector import Inspector
 
 #: quantities an instrument can ask for with ``per_sample_quantities``
-QUANTITIES = ("sum_grads_squared", "proj_mean", "elements")
+QUANTITIES = ("sum_grads", "sum_grads_squared", "proj_mean", "elements")
 
 
 class ZeroLayer(LayerStatistics):
@@ -257,44 +257,77 @@ def project_per_sample(ctx: StepContext, directions: list[list[torch.Tensor]]) -
 class PerSampleGradients(Provider):
     """Sufficient statistics of the per-sample gradients (:class:`.PerSampleGradStats`), all-reduced.
 
-    Class attributes: ``histogram_samples`` (elements sampled per parameter tensor for the histogram
-    estimate, default 2**15; every element of a tensor smaller than that).
+    Class attributes: ``histogram_samples`` (gradient elements sampled per step for the histogram
+    estimate, default 2**16, in proportion to the parameters' sizes) and ``histogram_min_samples`` (at
+    least this many per parameter tensor, default 2**12).
     """
 
     name = "per_sample_grads"
     requires = ("per_sample_layers",)
-    histogram_samples: int = 2**15
+    histogram_samples: int = 2**16
+    histogram_min_samples: int = 2**12
 
     def compute(self, ctx: StepContext) -> PerSampleGradStats:
         layers: PerSampleLayers = ctx.get("per_sample_layers")
         want = requested_quantities(ctx)
-        params = ctx.params
+        n_params = len(ctx.params)
         n_local = layers.batch_size
-        n_params = len(params)
-        sum_grads: list[torch.Tensor | None] = [None] * n_params
+        distributed = world_size() > 1
+        # Σ_i g_i as tensors is a weight-gradient-sized matmul per layer; the gradient tests only need
+        # ‖ḡ‖² and g_iᵀḡ, which (in one process) come from the small per-layer Gram matrices when cheaper.
+        need_sums = distributed or bool({"sum_grads", "sum_grads_squared"} & want)
+        sums: list[torch.Tensor | None] = [None] * n_params
         sum_sq: list[torch.Tensor | None] = [None] * n_params
+        grams: dict[int, torch.Tensor] = {}
         sq_norms = torch.zeros(n_local, n_params, dtype=torch.float64)
+        direct: list[LayerStatistics] = []  # handlers whose projections on ḡ need sums + project
         for h in layers.handlers:
-            for loc, s in zip(h.param_indices, h.sum_grads()):
-                sum_grads[loc] = s
-            sq_norms[:, h.param_indices] = h.sq_norms().to(torch.float64).cpu()
+            k = None if distributed else h.gram()
+            if k is not None:
+                k = k.to(torch.float64).cpu()
+                for loc, idx in enumerate(h.param_indices):
+                    grams[idx] = k[loc]
+                    sq_norms[:, idx] = k[loc].diagonal()
+            else:
+                direct.append(h)
+                sq_norms[:, h.param_indices] = h.sq_norms().to(torch.float64).cpu()
+            if k is None or need_sums:
+                for idx, t in zip(h.param_indices, h.sum_grads()):
+                    sums[idx] = t
             if "sum_grads_squared" in want:
-                for loc, s in zip(h.param_indices, h.sum_grads_squared()):
-                    sum_sq[loc] = s
-        extra = [s for s in sum_sq if s is not None]
+                for idx, t in zip(h.param_indices, h.sum_grads_squared()):
+                    sum_sq[idx] = t
+        have = [i for i in range(n_params) if sums[i] is not None]
+        extra = [t for t in sum_sq if t is not None]
         reduced = all_reduce_sum(
-            [*sum_grads, *extra, sq_norms.sum(0), torch.tensor([float(n_local)], dtype=torch.float64)]
+            [*(sums[i] for i in have), *extra, sq_norms.sum(0), torch.tensor([float(n_local)], dtype=torch.float64)]
         )
-        sum_grads_r = list(reduced[:n_params])
-        sum_sq_r = list(reduced[n_params:n_params + len(extra)]) or None
+        for i, t in zip(have, reduced[:len(have)]):
+            sums[i] = t
+        sum_sq_r = list(reduced[len(have):len(have) + len(extra)]) or None
         sum_sq_norms, n_total = reduced[-2], int(round(float(reduced[-1][0])))
+        sum_norms_sq = torch.zeros(n_params, dtype=torch.float64)  # ‖Σ_i g_{i,p}‖²
+        for i in range(n_params):
+            if i in grams:
+                sum_norms_sq[i] = grams[i].sum()
+        dense = [i for i in range(n_params) if i not in grams]
+        if dense:
+            norms = torch._foreach_norm([sums[i] for i in dense])
+            sum_norms_sq[dense] = torch.stack(norms).to(torch.float64).cpu().square()
         stats = PerSampleGradStats(
-            batch_size=n_total, param_names=list(ctx.param_names), sum_grads=sum_grads_r,
+            batch_size=n_total, param_names=list(ctx.param_names),
+            sum_grads=sums if need_sums else None,  # type: ignore[arg-type]
+            mean_grad_sq_norms=sum_norms_sq / n_total**2,
             sum_sq_norms=sum_sq_norms, sq_norms=sq_norms, sum_grads_squared=sum_sq_r,
             loss_reduction=ctx.loss_reduction, fallback_params=layers.fallback_params, ill_defined=layers.ill_defined,
         )
         if "proj_mean" in want:
-            proj = project_per_sample(ctx, [stats.mean_grads])[:, :, 0]
+            proj = torch.zeros(n_local, n_params, dtype=torch.float64)
+            for i, k in grams.items():
+                proj[:, i] = k.sum(1) / n_total
+            for h in direct:
+                mean = [sums[i] / n_total for i in h.param_indices]
+                proj[:, h.param_indices] = h.project([mean])[:, :, 0].to(torch.float64).cpu()
             r = all_reduce_sum([proj.square().sum(0), proj.sum(1).square().sum().reshape(1)])
             stats.proj_mean, stats.sum_proj_mean_sq, stats.sum_proj_mean_total_sq = proj, r[0], r[1][0]
         if "elements" in want:
@@ -302,24 +335,34 @@ class PerSampleGradients(Provider):
         return stats
 
     def _sample_elements(self, ctx: StepContext, layers: PerSampleLayers) -> GradientElementSample:
-        """A uniform sample of ``histogram_samples`` (sample, coordinate) pairs per parameter tensor."""
+        """A uniform sample of (sample, coordinate) pairs of each parameter tensor.
+
+        ``histogram_samples`` pairs in all, allocated to the parameters in proportion to their size (the
+        allocation that makes the all-parameter histogram's estimate a plain uniform sample), but at least
+        ``histogram_min_samples`` per parameter (so that per-layer histograms are usable), and every element
+        of a parameter with fewer than that many (N·D_p ≤ the allocation).
+        """
         gen = torch.Generator().manual_seed(1_000_003 * (ctx.step + 1))
         n = layers.batch_size
+        numels = [p.numel() for p in ctx.params]
+        total_numel = sum(numels)
         values, pvals, layer, weights = [], [], [], []
         for h in layers.handlers:
             for loc, idx in enumerate(h.param_indices):
-                numel = ctx.params[idx].numel()
+                numel = numels[idx]
                 total = n * numel
-                if total <= self.histogram_samples:
+                budget = max(self.histogram_min_samples, round(self.histogram_samples * numel / total_numel))
+                if total <= budget:
                     flat = torch.arange(total)
                     samples, coords = flat // numel, flat % numel
                 else:
-                    samples = torch.randint(0, n, (self.histogram_samples,), generator=gen)
-                    coords = torch.randint(0, numel, (self.histogram_samples,), generator=gen)
+                    samples = torch.randint(0, n, (budget,), generator=gen)
+                    coords = torch.randint(0, numel, (budget,), generator=gen)
                 dev = ctx.params[idx].device
-                v = h.elements(loc, samples.to(dev), coords.to(dev)).to(torch.float64).cpu()
-                values.append(v)
-                pvals.append(ctx.params[idx].detach().reshape(-1)[coords.to(dev)].to(torch.float64).cpu())
+                samples, coords = samples.to(dev), coords.to(dev)
+                v = h.elements(loc, samples, coords)
+                values.append(v.to(torch.float64).cpu())
+                pvals.append(ctx.params[idx].detach().reshape(-1)[coords].to(torch.float64).cpu())
                 layer.append(torch.full((v.shape[0],), idx, dtype=torch.int64))
                 weights.append(torch.full((v.shape[0],), total / v.shape[0], dtype=torch.float64))
         return GradientElementSample(torch.cat(values), torch.cat(pvals), torch.cat(layer), torch.cat(weights))

@@ -36,8 +36,10 @@ class PerSampleGradStats:
     Attributes:
         batch_size: N, the number of samples (all processes).
         param_names: names of the tracked parameters.
-        sum_grads: Σ_i g_{i,p}, one tensor per parameter (parameter's shape). For ``reduction="mean"``
-            this is N·∇L.
+        sum_grads: Σ_i g_{i,p}, one tensor per parameter (parameter's shape); for ``reduction="mean"``
+            this is N·∇L. None unless requested (``"sum_grads"`` or ``"sum_grads_squared"``): the gradient
+            tests get ‖ḡ‖² and g_iᵀḡ from small Gram matrices instead where that is cheaper.
+        mean_grad_sq_norms: [P] float64, ‖ḡ_p‖² = ‖Σ_i g_{i,p}‖²/N².
         sum_sq_norms: [P] float64, Σ_i ‖g_{i,p}‖².
         sq_norms: [N_local, P] float64, ‖g_{i,p}‖² of this process's samples.
         sum_grads_squared: Σ_i g_{i,p}² element-wise, one tensor per parameter (e.g. TIC, GSNR, CABS);
@@ -55,7 +57,8 @@ class PerSampleGradStats:
 
     batch_size: int
     param_names: list[str]
-    sum_grads: list[torch.Tensor]
+    sum_grads: list[torch.Tensor] | None
+    mean_grad_sq_norms: torch.Tensor
     sum_sq_norms: torch.Tensor
     sq_norms: torch.Tensor
     sum_grads_squared: list[torch.Tensor] | None = None
@@ -69,10 +72,7 @@ class PerSampleGradStats:
 
     @property
     def mean_grads(self) -> list[torch.Tensor]:
-        """ḡ_p = (1/N) Σ_i g_{i,p}."""
+        """ḡ_p = (1/N) Σ_i g_{i,p} (needs ``"sum_grads"`` in the instrument's ``per_sample_quantities``)."""
+        if self.sum_grads is None:
+            raise RuntimeError("Σ_i g_i was not computed this step: add 'sum_grads' to per_sample_quantities")
         return [s / self.batch_size for s in self.sum_grads]
-
-    @property
-    def mean_grad_sq_norms(self) -> torch.Tensor:
-        """[P] float64, ‖ḡ_p‖²."""
-        return torch.stack([s.to(torch.float64).square().sum() for s in self.sum_grads]) / self.batch_size**2
