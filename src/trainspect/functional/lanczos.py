@@ -14,9 +14,10 @@ in floating point, which prevents the spurious copies of converged Ritz values o
 
 Stopping rule: for a Ritz pair (θ, y = Q_k s) the residual is r = ‖A y − θ y‖ = β_k |s_k| (last entry of
 the eigenvector of T_k); some eigenvalue λ of A satisfies |λ − θ| ≤ r and, with gap δ to the rest of the
-spectrum, |λ − θ| ≤ r²/δ (Kato-Temple; δ estimated from the other Ritz values, so this refinement is an
-a-posteriori estimate, as in ARPACK, not a guarantee). Extreme Ritz values always lie inside the spectrum
-(Cauchy interlacing): the largest never overestimates λ_max, the smallest never underestimates λ_min.
+spectrum, |λ − θ| ≤ r²/δ (Kato-Temple; δ estimated conservatively from the neighbouring Ritz values and
+their residuals, so this refinement is an a-posteriori estimate, not a guarantee). Extreme Ritz values
+always lie inside the spectrum (Cauchy interlacing): the largest never overestimates λ_max, the smallest
+never underestimates λ_min.
 An end has converged when min(r, r²/δ) ≤ rtol · max(|θ|, floor · max|θ_j|), i.e. relative accuracy ``rtol``,
 except that an eigenvalue much smaller than the spectral radius (|θ| < floor·max|θ_j|, default 1e-3) is measured
 relative to floor·max|θ_j| — a relative accuracy on an eigenvalue that is numerically zero means nothing.
@@ -65,20 +66,20 @@ _WHICH = ("both", "largest", "smallest")
 
 
 def _error_bounds(theta: torch.Tensor, s_last: torch.Tensor, beta: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Residual norms r_i = β|s_{k,i}| and the gap-refined bounds min(r, r²/δ) for each Ritz value."""
+    """Residual norms r_i = β|s_{k,i}| and the gap-refined estimates min(r, r²/δ) for each Ritz value.
+
+    δ_i is a conservative gap: the distance to the neighbouring Ritz values minus *their* residuals (an
+    unconverged neighbour may still move towards θ_i); where that is not positive, only r_i is used.
+    """
     r = beta * s_last.abs()
     k = theta.numel()
     if k == 1:
         return r, r
-    gaps = torch.empty_like(theta)
-    diffs = theta[1:] - theta[:-1]
-    gaps[0] = diffs[0]
-    gaps[-1] = diffs[-1]
-    if k > 2:
-        gaps[1:-1] = torch.minimum(diffs[1:], diffs[:-1])
-    # Only trust the gap refinement once the neighbour's own residual is below the gap (else the neighbour
-    # may still move and the true gap be smaller); r itself is always a valid bound.
-    refined = torch.where(gaps > r, r.square() / gaps.clamp_min(torch.finfo(theta.dtype).tiny), r)
+    inf = torch.full((1,), float("inf"), dtype=theta.dtype)
+    left = torch.cat([inf, theta[1:] - theta[:-1] - r[:-1]])
+    right = torch.cat([theta[1:] - theta[:-1] - r[1:], inf])
+    gaps = torch.minimum(left, right)
+    refined = torch.where(gaps > 0, r.square() / gaps.clamp_min(torch.finfo(theta.dtype).tiny), r)
     return r, torch.minimum(r, refined)
 
 

@@ -102,9 +102,9 @@ class HessianExtremeEigenvalues(Provider):
     Lanczos stops as soon as it has converged. Warm start: the Krylov space starts from the previous
     measurement's Ritz vectors (plus 5 % random noise, so no direction is missing), because the dominant
     eigenvectors move slowly during training; measured along Adam training on digits
-    (``benchmarks/curvature.py``) the median products to 1e-3 drop from 6 to 5 (MLP) and 6 to 4 (CNN). Class attributes (set before attaching to change them): ``rtol``
-    (relative accuracy, default 1e-3), ``max_iter`` (products, default 100, Cockpit's budget),
-    ``warm_start`` (default True).
+    (``benchmarks/curvature.py``) the median products to 1e-3 drop from 6 to 5 (MLP), 6 to 4 (CNN) and
+    7 to 5 (transformer). Class attributes (set before attaching to change them): ``rtol`` (relative
+    accuracy, default 1e-3), ``max_iter`` (products, default 100, Cockpit's budget), ``warm_start``.
     """
 
     name = "hessian_extreme_eigenvalues"
