@@ -18,7 +18,7 @@ from trainspect.instruments import INSTRUMENTS, Instrument
 LAYER_INTERVAL = 10
 
 _CHEAP = ("loss", "grad_norm", "learning_rate", "nonfinite", "step_time",
-          "param_norm", "update_size", "update_to_weight", "distance")
+          "param_norm", "update_size", "update_to_weight", "distance", "amp")
 
 _ECONOMY = ("alpha", "distance", "grad_hist_1d", "grad_norm", "inner_test", "loss", "norm_test", "ortho_test",
             "update_size")
@@ -45,6 +45,7 @@ CONFIGURATIONS: dict[str, dict[str, ScheduleLike]] = {
         "update_size": every(LAYER_INTERVAL),
         "update_to_weight": every(LAYER_INTERVAL),
         "distance": every(LAYER_INTERVAL),
+        "amp": every(1),  # GradScaler scale / skipped steps; empty (free) without a scaler
     },
     "cheap": {name: every(1) for name in _CHEAP},
     # Cockpit's presets (cockpit/utils/configuration.py), every step unless `schedule=` says otherwise.

@@ -4,9 +4,9 @@ A histogram over all N·D per-sample gradient elements g_{i,p}[c] costs O(N·D) 
 (Cockpit: up to 43x a training step for the 1-D and 198x for the 2-D one). By default it is **estimated**
 from a uniform random sample of (sample, coordinate) pairs: ``PerSampleGradients.histogram_samples``
 (2**16) pairs per step, allocated to the parameter tensors in proportion to their sizes (at least 2**12 each;
-every element of smaller tensors), each weighted by N·D_p/S_p, so the counts estimate the exact counts (documented accuracy: total-variation distance ≤ 0.02 from the exact
-histogram on the benchmark models, ``tests/instruments/test_histograms.py``). ``exact=True`` bins every
-element, materializing per-sample gradients a block at a time.
+every element of smaller tensors), each weighted by N·D_p/S_p, so the counts estimate the exact counts
+(documented accuracy: total-variation distance ≤ 0.02 from the exact histogram on the benchmark models,
+``tests/instruments/test_histograms.py``). ``exact=True`` bins every element, materializing per-sample gradients a block at a time.
 
 Bins: ``bins`` equal bins on [−r, r] with r = 6·rms(g) — the root-mean-square of all N·D elements, known
 exactly from Σ_i‖g_i‖² without a pass over the elements and identical on every process — unless ``range``

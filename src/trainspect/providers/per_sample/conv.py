@@ -1,8 +1,12 @@
-"""Fast path for ``nn.Conv1d`` / ``nn.Conv2d`` (groups = 1) by unfolding the input into patches.
+"""Fast path for ``nn.Conv1d`` / ``nn.Conv2d`` (groups = 1).
 
-A convolution is a Linear layer applied at every output position t to the patch a_{i,t}
-(Cin·k_h·k_w values): unfold the (padded) input with the layer's kernel size, dilation and stride, then
-use the bilinear formulas of :mod:`.bilinear` with weight viewed as [Cout, Cin·k_h·k_w].
+A convolution is a Linear layer applied at every output position t to the patch a_{i,t}, so
+g_i = Σ_t δ_{i,t} a_{i,t}ᵀ as in :mod:`.bilinear`. With hundreds of positions the Gram form
+(N·T²·(Din+Dout) flops) and projections through unfolded patches (im2col: N·T·Din memory traffic, the
+slowest part on CPU) both lose to materializing the N per-sample weight gradients with the layer's own
+weight-gradient convolution run per sample — N·|W| numbers, as many as N copies of the weight
+(6.5 M floats for the 2c2d network's second layer at batch 128), from which every statistic is a cheap
+pass. :func:`unfold_patches` is kept for reference and tests.
 """
 
 from __future__ import annotations
@@ -11,9 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from trainspect.providers.per_sample.bilinear import BilinearLayer
-from trainspect.providers.per_sample.bilinear import concat_positions as _cat
 from trainspect.providers.per_sample.capture import ModuleCapture
+from trainspect.providers.per_sample.layer import ExplicitLayer
 from trainspect.providers.per_sample.registry import fast_path
 
 
@@ -57,8 +60,29 @@ def unfold_patches(module: nn.Conv1d | nn.Conv2d, x: torch.Tensor) -> torch.Tens
     return patches.transpose(1, 2)
 
 
+def per_sample_weight_grads(module: nn.Conv1d | nn.Conv2d, x: torch.Tensor, grad_output: torch.Tensor) -> torch.Tensor:
+    """[n, *weight.shape]: each sample's weight gradient, the layer's weight-gradient convolution run per sample
+    (``vmap`` of ``torch.nn.grad.conv{1,2}d_weight``; no unfolded patches, which cost far more on CPU)."""
+    spatial = x.dim() - 2
+    pads = _padding(module, spatial)
+    if any(pads):
+        mode = "constant" if module.padding_mode == "zeros" else module.padding_mode
+        x = F.pad(x, pads, mode=mode)
+    weight_grad = torch.nn.grad.conv1d_weight if spatial == 1 else torch.nn.grad.conv2d_weight
+    shape = module.weight.shape
+
+    def one(xi: torch.Tensor, gi: torch.Tensor) -> torch.Tensor:
+        return weight_grad(xi.unsqueeze(0), shape, gi.unsqueeze(0), stride=module.stride, padding=0,
+                           dilation=module.dilation)
+
+    return torch.vmap(one)(x, grad_output)
+
+
 @fast_path(nn.Conv1d, nn.Conv2d, supports=_supports)
-def build_conv(record: ModuleCapture, index_of: dict[int, int], scale: float, memory_cap: int) -> BilinearLayer:
+def build_conv(record: ModuleCapture, index_of: dict[int, int], scale: float, memory_cap: int) -> ExplicitLayer:
+    """Per-sample gradients materialized: N·|W| numbers, about what the unfolded patches of a single
+    convolution would take, and from them every statistic is one cheap pass (projections are a [N, D]×[D, K]
+    product). Above ``memory_cap`` they are recomputed a block of samples at a time instead of kept."""
     module = record.module
     calls = record.complete_calls()
     for c in calls:
@@ -68,13 +92,39 @@ def build_conv(record: ModuleCapture, index_of: dict[int, int], scale: float, me
                 "per-sample gradients need a batch dimension"
             )
     n = calls[0].inputs.shape[0]
-    a = _cat([unfold_patches(module, c.inputs) for c in calls])
-    g = _cat([c.grad_output.reshape(n, module.out_channels, -1).transpose(1, 2) for c in calls])
-    if scale != 1.0:
-        g = g * scale
     w, b = module.weight, module.bias
-    return BilinearLayer(
-        a, g,
-        index_of.get(id(w)), index_of.get(id(b)) if b is not None else None,
-        w.shape, b.shape if b is not None else None, memory_cap,
-    )
+    indices, shapes = [], []
+    if id(w) in index_of:
+        indices.append(index_of[id(w)])
+        shapes.append(w.shape)
+    if b is not None and id(b) in index_of:
+        indices.append(index_of[id(b)])
+        shapes.append(b.shape)
+
+    def block(start: int, stop: int) -> list[torch.Tensor]:
+        out = []
+        weight = bias = None
+        for c in calls:
+            g = c.grad_output[start:stop] * scale if scale != 1.0 else c.grad_output[start:stop]
+            if id(w) in index_of:
+                pw = per_sample_weight_grads(module, c.inputs[start:stop], g)
+                weight = pw if weight is None else weight + pw
+            if b is not None and id(b) in index_of:
+                pb = g.flatten(2).sum(2)
+                bias = pb if bias is None else bias + pb
+        if weight is not None:
+            out.append(weight)
+        if bias is not None:
+            out.append(bias)
+        return out
+
+    per_sample = sum(s.numel() for s in shapes) * w.element_size()
+    if n * per_sample <= memory_cap:
+        return ExplicitLayer(indices, shapes, n, grads=block(0, n))
+    step = max(1, memory_cap // max(per_sample, 1))
+
+    def chunks():
+        for start in range(0, n, step):
+            yield block(start, min(n, start + step))
+
+    return ExplicitLayer(indices, shapes, n, chunk_fn=chunks)
