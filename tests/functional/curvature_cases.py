@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import torch
 from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
@@ -53,7 +55,7 @@ def make_case(name: str, seed: int = 0):
 CASES = ("mlp_tanh_ce", "mlp_relu_mse", "cnn_ce", "attention_ce")
 
 
-def dense_hessian(model, loss_fn, x, y) -> torch.Tensor:
+def dense_hessian(model, loss_fn, x, y, vectorize: bool = False) -> torch.Tensor:
     """∇²L over all trainable parameters (flattened, named_parameters order), dense, by torch.func."""
     names = [n for n, p in model.named_parameters() if p.requires_grad]
     params = [p.detach() for n, p in model.named_parameters() if p.requires_grad]
@@ -64,9 +66,10 @@ def dense_hessian(model, loss_fn, x, y) -> torch.Tensor:
         with sdpa_kernel(SDPBackend.MATH):  # the fused attention kernels are not twice differentiable
             return loss_fn(call_model(model, state, x), y)
 
-    # Row by row with plain autograd (no vmap): torch.func.hessian needs forward-mode AD, which CPU attention
-    # lacks, and jacrev(jacrev) disagrees with finite differences on LayerNorm weights in torch 2.13.
-    return torch.autograd.functional.hessian(f, flatten(params), vectorize=False)
+    # Row by row with plain autograd (no vmap) by default: torch.func.hessian needs forward-mode AD, which CPU
+    # attention lacks, and jacrev(jacrev) disagrees with finite differences on LayerNorm weights in torch
+    # 2.13; `vectorize=True` (vmap over rows) is much faster for models without LayerNorm/attention.
+    return torch.autograd.functional.hessian(f, flatten(params), vectorize=vectorize)
 
 
 def dense_ggn(model, loss_fn, x, y) -> torch.Tensor:
@@ -84,3 +87,9 @@ def dense_ggn(model, loss_fn, x, y) -> torch.Tensor:
     J = torch.func.jacrev(out)(flat).reshape(f.numel(), -1)
     Hf = torch.func.hessian(lambda o: loss_fn(o.reshape(f.shape), y))(f.reshape(-1))
     return J.T @ Hf @ J
+
+
+@functools.cache
+def case_hessian(name: str) -> torch.Tensor:
+    """The dense Hessian of ``make_case(name)``, computed once per test session (it is the slow part)."""
+    return dense_hessian(*make_case(name))

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from curvature_cases import CASES, dense_ggn, dense_hessian, make_case
 from torch import nn
 
+from tests.functional.curvature_cases import CASES, case_hessian, dense_ggn, dense_hessian, make_case
 from trainspect.functional.hvp import GGNOperator, HessianOperator
 
 
@@ -14,7 +14,7 @@ from trainspect.functional.hvp import GGNOperator, HessianOperator
 @pytest.mark.parametrize("case", CASES)
 def test_hessian_operator_matches_dense_hessian(case, method):
     model, loss_fn, x, y = make_case(case)
-    H = dense_hessian(model, loss_fn, x, y)
+    H = case_hessian(case)
     op = HessianOperator(model, loss_fn, x, y, method=method)
     assert op.dim == H.shape[0]
     gen = torch.Generator().manual_seed(1)
@@ -61,7 +61,7 @@ def test_ggn_is_hessian_for_a_linear_model():
 
 def test_parameter_subset_is_the_block_of_the_full_hessian():
     model, loss_fn, x, y = make_case("mlp_tanh_ce")
-    H = dense_hessian(model, loss_fn, x, y)
+    H = case_hessian("mlp_tanh_ce")
     first = model[0].weight
     n = first.numel()
     op = HessianOperator(model, loss_fn, x, y, params=[first])

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from curvature_cases import CASES, dense_hessian, make_case
 
+from tests.functional.curvature_cases import CASES, case_hessian, make_case
 from trainspect.functional.hvp import HessianOperator
 from trainspect.functional.lanczos import lanczos_extreme_eigenvalues
 
@@ -18,7 +18,7 @@ def _close(estimate: float, exact: float, scale: float, rtol: float, floor: floa
 @pytest.mark.parametrize("case", CASES)
 def test_extreme_hessian_eigenvalues_match_dense(case):
     model, loss_fn, x, y = make_case(case)
-    evals = torch.linalg.eigvalsh(dense_hessian(model, loss_fn, x, y))
+    evals = torch.linalg.eigvalsh(case_hessian(case))
     op = HessianOperator(model, loss_fn, x, y)
     res = lanczos_extreme_eigenvalues(op.matvec, op.dim, rtol=1e-4, max_iter=op.dim)
     scale = float(evals.abs().max())
@@ -69,3 +69,18 @@ def test_seed_makes_it_deterministic_and_bad_input_raises():
         lanczos_extreme_eigenvalues(lambda v: v[:3], 20)
     with pytest.raises(FloatingPointError, match="inf/nan"):
         lanczos_extreme_eigenvalues(lambda v: v * float("nan"), 20)
+
+
+def test_warm_start_near_the_top_eigenvector_converges_in_fewer_products():
+    torch.manual_seed(2)
+    n = 300
+    evals = torch.cat([torch.tensor([10.0, 9.0, 8.5]), torch.rand(n - 3) * 4]).double()
+    Q, _ = torch.linalg.qr(torch.randn(n, n, dtype=torch.float64))
+    A = Q @ torch.diag(evals) @ Q.T
+    cold = lanczos_extreme_eigenvalues(lambda v: A @ v, n, rtol=1e-8, which="largest")
+    start = Q[:, 0] + 0.05 * torch.randn(n, dtype=torch.float64) / n**0.5
+    hot = lanczos_extreme_eigenvalues(lambda v: A @ v, n, rtol=1e-8, which="largest", start=start)
+    assert abs(hot.largest - 10.0) <= 1e-8 * 10 and abs(cold.largest - 10.0) <= 1e-8 * 10
+    assert hot.num_matvecs < cold.num_matvecs
+    with pytest.raises(ValueError, match="start"):
+        lanczos_extreme_eigenvalues(lambda v: A @ v, n, start=torch.zeros(n, dtype=torch.float64))
