@@ -44,8 +44,9 @@ class InputScaleCheck(ThresholdCheck):
         self._evaluations = 0
 
     def observe(self, record: StepRecord, ctx: StepContext) -> list[Finding]:
-        ratio = record.scalars.get("input_feature_rms_ratio")
-        scale = record.scalars.get("input_feature_rms_median")
+        stats = ctx.extras.get("input_scale", {})
+        ratio = stats.get("input_feature_rms_ratio")
+        scale = stats.get("input_feature_rms_median")
         if ratio is None or scale is None:
             return []
         self._evaluations += 1

@@ -37,12 +37,13 @@ class LossInputCheck(ThresholdCheck):
         self._streak = {code: 0 for code in self.codes}
 
     def observe(self, record: StepRecord, ctx: StepContext) -> list[Finding]:
-        lo = record.scalars.get("loss_input_min")
-        hi = record.scalars.get("loss_input_max")
+        stats = ctx.extras.get("loss_input", {})
+        lo = stats.get("loss_input_min")
+        hi = stats.get("loss_input_max")
         if lo is None or hi is None:
             return []
         loss_fn = ctx.inspector._user_loss_fn
-        sum_err = record.scalars.get("loss_input_sum_error")
+        sum_err = stats.get("loss_input_sum_error")
         code = None
         if isinstance(loss_fn, nn.CrossEntropyLoss):
             if lo >= 0 and hi <= 1 and sum_err is not None and sum_err < self.t["sum_tolerance"]:

@@ -30,6 +30,7 @@ class ActivationHealth(Instrument):
     """Dead-unit and saturated-unit fractions per activation module (every 10 steps by default)."""
 
     name = "activations"
+    local_only = True
     requires = ("activations",)
     default_schedule = every(10)
     series = ()
@@ -52,4 +53,7 @@ class ActivationHealth(Instrument):
                 out[f"dead_units:{s.module}"] = (frac < DEAD_ACTIVE_FRACTION).double().mean()
             else:
                 out[f"saturated_units:{s.module}"] = (frac >= SATURATED_ENTRY_FRACTION).double().mean()
-        return out
+        # for the checks (ActivationHealthCheck reads the provider's per-unit counts); the fractions are
+        # rank-local under torch.distributed, so they are not recorded as series (series must be global)
+        ctx.extras["activation_fractions"] = {k: float(v) for k, v in out.items()}
+        return {}

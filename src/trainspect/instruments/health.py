@@ -50,6 +50,7 @@ class GradAtStepStart(Instrument):
     """‖g‖₂ of the gradients already in ``p.grad`` when the step began (0 after ``zero_grad``)."""
 
     name = "grad_at_step_start"
+    local_only = True
     requires = ("grad_norms_at_start",)
     series = (
         SeriesInfo("grad_norm_at_step_start", "scalar", "‖.grad‖₂ before this step's backward",
@@ -82,6 +83,7 @@ class LossInput(Instrument):
     """
 
     name = "loss_input"
+    local_only = True
     default_schedule = first(3) | every(10)
     series = (
         SeriesInfo("loss_input_min", "scalar", "smallest value fed to the loss", group="health"),
@@ -98,7 +100,9 @@ class LossInput(Instrument):
         out = {"loss_input_min": x.min(), "loss_input_max": x.max()}
         if x.dim() >= 2 and x.shape[1] > 1:
             out["loss_input_sum_error"] = (x.sum(dim=1) - 1).abs().max()
-        return out
+        # for the checks only (rank-local statistics: not recorded as series, which must be global)
+        ctx.extras["loss_input"] = {k: float(v) for k, v in out.items()}
+        return {}
 
 
 class InputScale(Instrument):
@@ -111,6 +115,7 @@ class InputScale(Instrument):
     """
 
     name = "input_scale"
+    local_only = True
     default_schedule = first(5) | every(50)
     series = (
         SeriesInfo("input_feature_rms_ratio", "scalar", "largest / median per-feature RMS of the inputs",
@@ -143,7 +148,10 @@ class InputScale(Instrument):
         live = rms[rms > 0]
         if live.numel() < 2:
             return {}
-        return {"input_feature_rms_ratio": live.max() / live.median(), "input_feature_rms_median": live.median()}
+        # for the checks only (rank-local statistics: not recorded as series, which must be global)
+        ctx.extras["input_scale"] = {"input_feature_rms_ratio": float(live.max() / live.median()),
+                                     "input_feature_rms_median": float(live.median())}
+        return {}
 
 
 class NonFiniteOrigin(Instrument):
@@ -157,6 +165,7 @@ class NonFiniteOrigin(Instrument):
     """
 
     name = "nonfinite_origin"
+    local_only = True
     requires = ("grad_norms",)
     series = ()
 
@@ -195,6 +204,8 @@ def _bad(t: Any) -> bool:
 def locate_nonfinite(ctx: StepContext, *, loss_bad: bool, grads_bad: bool) -> dict[str, Any]:
     """Find the origin of non-finite values on this step. Returns ``{"where", "stage", "detail"}``."""
     model = ctx.model
+    # replay on the module inside DistributedDataParallel: its wrapper would expect a synchronised backward
+    model = getattr(model, "module", model) if type(model).__name__ == "DistributedDataParallel" else model
     inputs = ctx.inputs
     x = first_tensor(inputs)
     if x is not None and _bad(x):

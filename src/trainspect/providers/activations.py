@@ -12,7 +12,10 @@ output such as a transformer's ``(batch, tokens, features)``), over every other 
   derivative points (tanh ±9.5, sigmoid −23/+17); the 1 % rule keeps the same meaning for both functions.
 
 A module called several times per forward pass (one ``nn.ReLU()`` reused after every layer) gets one entry
-per call, ``name#k``, because each call belongs to a different layer.
+per call, ``name#k``, because each call belongs to a different layer. Under gradient accumulation
+(``step.add_batch``), the calls of the k micro-batches' forwards are summed into those entries.
+
+The statistics are this process's (rank-local under ``torch.distributed``).
 """
 
 from __future__ import annotations
@@ -142,15 +145,25 @@ class Activations(Provider):
         self._handles.clear()
 
     def compute(self, ctx: StepContext) -> list[UnitStats]:
-        # a module called more than once per forward gets one entry per call: name#1, name#2, ...
+        # a module called more than once per forward gets one entry per call: name#1, name#2, ...; under
+        # gradient accumulation every forward (micro-batch) repeats the same calls, which are summed
+        micro = max(int(getattr(ctx, "num_micro_batches", 1) or 1), 1)
         seen: dict[str, int] = {}
-        out = []
+        merged: dict[str, UnitStats] = {}
         for s in self._stats:
+            calls = self._calls.get(s.module, 1)
+            per_forward = calls // micro if calls % micro == 0 else calls
             k = seen[s.module] = seen.get(s.module, 0) + 1
-            label = f"{s.module}#{k}" if self._calls.get(s.module, 1) > 1 else s.module
-            out.append(UnitStats(label, s.module_class, s.kind, s.count, s.entries, s.threshold))
+            k_in_forward = (k - 1) % per_forward + 1
+            label = f"{s.module}#{k_in_forward}" if per_forward > 1 else s.module
+            prev = merged.get(label)
+            if prev is not None and prev.count.shape == s.count.shape:
+                prev.count = prev.count + s.count
+                prev.entries += s.entries
+            else:
+                merged[label] = UnitStats(label, s.module_class, s.kind, s.count, s.entries, s.threshold)
         self._stats = []
-        return out
+        return list(merged.values())
 
     def close(self) -> None:
         self.disarm(None)  # type: ignore[arg-type]
