@@ -333,6 +333,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=300, help="timed steps per variant and row")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--problems", default="mlp,cnn,digits")
+    parser.add_argument("--store", default="process", choices=["process", "sync", "none"],
+                        help="run store: writer process (default), in-process commits, or none")
     parser.add_argument("--economy", action="store_true",
                         help="also the per-sample gradient rows (economy every step / every 16, Cockpit side by side)")
     parser.add_argument("--economy-only", action="store_true", help="only the economy rows")
@@ -359,7 +361,8 @@ def main(argv: list[str] | None = None) -> int:
     for key in args.problems.split(","):
         problem = PROBLEMS[key]()
         for label, instruments, schedule in rows:
-            r = measure(problem, instruments, schedule=schedule, steps=args.steps)
+            store = {"process": True, "sync": "sync", "none": False}[args.store]
+            r = measure(problem, instruments, schedule=schedule, steps=args.steps, attach_kwargs={"store": store})
             results[(key, label)] = r
             print(f"{problem.name:<12} {label:<30} {1e3 * r['plain']:>9.3f} {1e3 * r['inspected']:>13.3f} "
                   f"{r['ratio']:>6.2f}x", flush=True)

@@ -15,6 +15,9 @@ __version__ = "0.1.0"
 # the engine
 from trainspect.checks import CHECKS, Check, Finding
 from trainspect.configurations import CONFIGURATIONS
+
+# post-training diagnosis (MD tree)
+from trainspect.diagnosis import diagnose
 from trainspect.engine.inspector import Inspector, attach
 from trainspect.engine.schedules import every, first, logarithmic
 
@@ -42,6 +45,7 @@ __all__ = [
     "SeriesInfo",
     "__version__",
     "attach",
+    "diagnose",
     "every",
     "first",
     "list_runs",

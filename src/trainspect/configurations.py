@@ -18,13 +18,15 @@ from trainspect.instruments import INSTRUMENTS, Instrument
 LAYER_INTERVAL = 10
 
 _CHEAP = ("loss", "grad_norm", "learning_rate", "nonfinite", "step_time",
-          "param_norm", "update_size", "update_to_weight", "distance")
+          "param_norm", "update_size", "update_to_weight", "distance", "amp")
 
 _ECONOMY = ("alpha", "distance", "grad_hist_1d", "grad_norm", "inner_test", "loss", "norm_test", "ortho_test",
             "update_size")
-#: Cockpit's TICDiag, HessTrace (business) and HessMaxEV (full): names of the curvature branch's instruments
+#: Cockpit's TICDiag, HessTrace (business) and HessMaxEV (full), plus the other curvature instruments. They
+#: keep their own default schedule (logarithmic + every 250 steps, ``instruments/curvature.py``): each costs
+#: tens of Hessian-vector products, so "every step" would multiply the cost of training.
 _CURVATURE_BUSINESS: tuple[str, ...] = ("tic_diag", "hessian_trace")
-_CURVATURE_FULL: tuple[str, ...] = ("hessian_max_eigenvalue",)
+_CURVATURE_FULL: tuple[str, ...] = ("hessian_max_eigenvalue", "hessian_min_eigenvalue", "sharpness", "loss_slice")
 
 
 def _registered(names: tuple[str, ...]) -> tuple[str, ...]:
@@ -43,6 +45,7 @@ CONFIGURATIONS: dict[str, dict[str, ScheduleLike]] = {
         "update_size": every(LAYER_INTERVAL),
         "update_to_weight": every(LAYER_INTERVAL),
         "distance": every(LAYER_INTERVAL),
+        "amp": every(1),  # GradScaler scale / skipped steps; empty (free) without a scaler
     },
     "cheap": {name: every(1) for name in _CHEAP},
     # Cockpit's presets (cockpit/utils/configuration.py), every step unless `schedule=` says otherwise.
@@ -51,10 +54,10 @@ CONFIGURATIONS: dict[str, dict[str, ScheduleLike]] = {
     # business = economy + TICDiag and HessTrace in Cockpit; full = business + HessMaxEV and GradHist2d.
     # The curvature instruments come from the `curvature` branch: only those registered are included
     # (see _CURVATURE_BUSINESS / _CURVATURE_FULL; the curvature branch fills in the names).
-    "business": {name: every(1) for name in (*_ECONOMY, *_registered(_CURVATURE_BUSINESS))},
+    "business": {**{name: every(1) for name in _ECONOMY}, **dict.fromkeys(_registered(_CURVATURE_BUSINESS))},
     "full": {
-        name: every(1)
-        for name in (*_ECONOMY, *_registered(_CURVATURE_BUSINESS), *_registered(_CURVATURE_FULL), "grad_hist_2d")
+        **{name: every(1) for name in (*_ECONOMY, "grad_hist_2d")},
+        **dict.fromkeys((*_registered(_CURVATURE_BUSINESS), *_registered(_CURVATURE_FULL))),
     },
     "none": {},
 }

@@ -21,7 +21,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--runs", default="runs", help="folder that receives the run folder (default: runs)")
     p.add_argument("--run-dir", default=None, help="exact run folder (overrides --runs)")
     p.add_argument("--quiet", action="store_true", help="no live panel")
-    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch threads (default 1: for a model this small, more threads only add overhead)")
     p.set_defaults(func=_run)
 
 

@@ -56,9 +56,13 @@ def run_demo(
                 if setup.zero_grad:
                     optimizer.zero_grad()
                 with inspector.step(x, y):
-                    loss = loss_fn(model(x), y)
+                    output = model(x)
+                    loss = loss_fn(output, y)
                     loss.backward()
                 optimizer.step()
+                # one batch of examples per epoch for the samples view (digits are 8x8 images)
+                inspector.log_samples(x, output, y, schedule=steps_per_epoch,
+                                      image_shape=(8, 8) if x.ndim == 2 and x.shape[1] == 64 else None)
             inspector.log(val_accuracy=accuracy(model, data.x_val, data.y_val),
                           train_accuracy=accuracy(model, data.x_train, data.y_train))
     finally:

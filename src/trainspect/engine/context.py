@@ -37,6 +37,13 @@ class StepContext:
         loss_reduction: ``"mean"`` or ``"sum"``: how the loss combines per-sample losses.
         model_output, loss_target: the loss function's arguments, when captured from a loss module.
         values: the named values computed so far this step.
+        num_micro_batches: how many micro-batches (losses) this optimizer step accumulated (gradient
+            accumulation: ``inputs``/``targets``/``model_output``/``loss_target`` then hold all of them,
+            concatenated, and ``loss`` is the loss of the whole step).
+        local_loss: under ``torch.distributed``, this rank's own loss (``loss`` is then the global batch's).
+        global_batch_size: under ``torch.distributed``, the number of samples over all ranks.
+        nonfinite_loss_ranks: under ``torch.distributed``, the ranks whose local loss was NaN/inf.
+        amp: with a GradScaler, ``{"loss_scale": float, "skipped": bool}`` (the scaler skipped the step).
     """
 
     def __init__(self, inspector: Inspector, step: int, inputs: Any = None, targets: Any = None):
@@ -50,6 +57,7 @@ class StepContext:
         self.loss_target: Any = None
         self.phase = "forward"
         self.due_instruments: list = []
+        self.scheduled_instruments: list = []  # due by schedule, disabled ones included (same on every rank)
         self.needed_providers: set[str] = set()
         self.values: dict[str, Any] = {}
         self.optimizer_stepped = False
@@ -57,6 +65,14 @@ class StepContext:
         self.t_optimizer: float | None = None
         self.user_seconds = 0.0
         self.overhead_seconds = 0.0
+        self.num_micro_batches = 0
+        self.local_loss: torch.Tensor | None = None
+        self.global_batch_size: int | None = None
+        self.nonfinite_loss_ranks: list[int] = []
+        self.amp: dict[str, Any] | None = None
+        self._micro: list[tuple[Any, Any]] = [] if inputs is None and targets is None else [(inputs, targets)]
+        self._micro_losses: list[tuple[torch.Tensor, int]] = []
+        self._micro_outputs: list[tuple[Any, Any]] = []
         self._cache: dict[str, Any] = {}
         self._failed: dict[str, BaseException] = {}
         self._computing: set[str] = set()
@@ -92,6 +108,64 @@ class StepContext:
                     if isinstance(v, torch.Tensor) and v.dim() > 0:
                         return int(v.shape[0])
         return None
+
+    # -- gradient accumulation: several micro-batches (and losses) per optimizer step --------------------
+    def add_micro_batch(self, inputs: Any, targets: Any = None) -> None:
+        """One more micro-batch: ``inputs``/``targets`` become the concatenation over all of them."""
+        self._micro.append((inputs, targets))
+        self.inputs = _concat([m[0] for m in self._micro])
+        self.targets = _concat([m[1] for m in self._micro])
+
+    @property
+    def micro_batch_index(self) -> int:
+        """Index of the micro-batch whose forward pass is running (0 without gradient accumulation).
+
+        Counted from both signals an accumulation loop gives: micro-batches added (``add_batch``, before
+        their forward) and losses seen (after their forward). Per-sample capture tags each layer call with it,
+        so that the calls of k micro-batches are concatenated (k·B samples), not summed.
+        """
+        return max(len(self._micro) - 1, self.num_micro_batches, 0)
+
+    def set_targets(self, targets: Any) -> None:
+        """The targets of the latest micro-batch, when they become known after its inputs (``trainspect run``)."""
+        if self._micro:
+            self._micro[-1] = (self._micro[-1][0], targets)
+        else:
+            self._micro.append((self.inputs, targets))
+        self.inputs = _concat([m[0] for m in self._micro])
+        self.targets = _concat([m[1] for m in self._micro])
+
+    def add_loss(self, loss: torch.Tensor, args: Any = None) -> None:
+        """Record the loss of one micro-batch (and the loss function's arguments, if known).
+
+        The first loss of the step is kept as it is (with its graph). Further ones (gradient accumulation)
+        are combined into the loss of the whole step, detached: Σ_j n_j L_j / Σ_j n_j for a mean reduction
+        (n_j: micro-batch size), Σ_j L_j for a sum; ``model_output``/``loss_target`` are concatenated.
+        """
+        output = args[0] if args else None
+        target = args[1] if args and len(args) > 1 else None
+        n = 1
+        for candidate in (target, output):
+            if isinstance(candidate, torch.Tensor) and candidate.dim() > 0:
+                n = int(candidate.shape[0])
+                break
+        self._micro_losses.append((loss, n))
+        self._micro_outputs.append((output, target))
+        self.num_micro_batches = len(self._micro_losses)
+        if self.num_micro_batches == 1:
+            self.loss = loss
+            if args:
+                self.model_output, self.loss_target = output, target
+            return
+        values = torch.stack([l.detach().reshape(()).to(torch.float64) for l, _ in self._micro_losses])
+        if self.loss_reduction == "mean":
+            sizes = torch.tensor([k for _, k in self._micro_losses], dtype=torch.float64, device=values.device)
+            self.loss = (values * sizes).sum() / sizes.sum()
+        else:
+            self.loss = values.sum()
+        if args:
+            self.model_output = _concat([o for o, _ in self._micro_outputs], detach=True)
+            self.loss_target = _concat([t for _, t in self._micro_outputs], detach=True)
 
     # -- shared computations ------------------------------------------------------------------------
     def get(self, name: str) -> Any:
@@ -132,3 +206,30 @@ class StepContext:
         self._cache.clear()
         self._failed.clear()
         self.inputs = self.targets = self.loss = self.model_output = self.loss_target = None
+        self.local_loss = None
+        self._micro.clear()
+        self._micro_losses.clear()
+        self._micro_outputs.clear()
+
+
+def _concat(parts: list[Any], detach: bool = False) -> Any:
+    """Concatenate micro-batches along the batch dimension: tensors, tuples/lists and dicts of tensors.
+
+    ``None`` parts are ignored; parts of other types cannot be concatenated and are returned as a list.
+    """
+    parts = [p for p in parts if p is not None]
+    if not parts:
+        return None
+    if len(parts) == 1:
+        return parts[0]
+    first = parts[0]
+    if isinstance(first, torch.Tensor) and all(isinstance(p, torch.Tensor) for p in parts):
+        if first.dim() == 0:
+            return list(parts)
+        out = torch.cat([p.detach() if detach else p for p in parts])
+        return out
+    if isinstance(first, (list, tuple)) and all(isinstance(p, type(first)) and len(p) == len(first) for p in parts):
+        return type(first)(_concat([p[i] for p in parts], detach) for i in range(len(first)))
+    if isinstance(first, dict) and all(isinstance(p, dict) and p.keys() == first.keys() for p in parts):
+        return {k: _concat([p[k] for p in parts], detach) for k in first}
+    return list(parts)

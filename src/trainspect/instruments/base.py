@@ -32,6 +32,9 @@ class Instrument:
         after_update: ``True`` if it needs the parameters after ``optimizer.step()`` (e.g. the update).
         series: metadata of every series it can return (views and the store read it).
         default_schedule: when it runs unless the configuration or the user says otherwise.
+        local_only: ``True`` if ``compute`` never communicates across processes (no ``all_reduce_sum``):
+            under ``torch.distributed`` a phase whose due instruments are all local-only needs no
+            end-of-phase agreement between ranks (one collective fewer per phase).
     """
 
     name: ClassVar[str] = ""
@@ -39,6 +42,7 @@ class Instrument:
     after_update: ClassVar[bool] = False
     series: ClassVar[tuple[SeriesInfo, ...]] = ()
     default_schedule: ClassVar[Schedule] = every(1)
+    local_only: ClassVar[bool] = False
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)

@@ -27,6 +27,7 @@ class Loss(Instrument):
     """The mini-batch training loss L(θ_t) as computed by the user's loss function."""
 
     name = "loss"
+    local_only = True  # values identical on every rank (DDP gradients are global); no collective
     series = (
         SeriesInfo("loss", "scalar", "mini-batch training loss", "decreasing, finite", group="performance"),
     )
@@ -47,6 +48,7 @@ class GradNorm(Instrument):
     """
 
     name = "grad_norm"
+    local_only = True  # values identical on every rank (DDP gradients are global); no collective
     requires = ("grad_norms",)
     series = (
         SeriesInfo("grad_norm", "scalar", "‖∇L‖₂, norm of the mini-batch gradient", "finite, no sudden jumps",
@@ -64,6 +66,7 @@ class ParamNorm(Instrument):
     """Parameter norms ‖θ_t‖₂, total and per parameter tensor."""
 
     name = "param_norm"
+    local_only = True  # values identical on every rank (DDP gradients are global); no collective
     requires = ("param_norms",)
     series = (
         SeriesInfo("param_norm", "scalar", "‖θ‖₂ over all parameters", "slowly varying", group="step_size"),
@@ -80,6 +83,7 @@ class UpdateSize(Instrument):
     """Length of the step actually taken, ‖θ_{t+1} − θ_t‖₂ (Cockpit's ``UpdateSize``), total and per layer."""
 
     name = "update_size"
+    local_only = True  # values identical on every rank (DDP gradients are global); no collective
     requires = ("update_norms",)
     after_update = True
     series = (
@@ -102,6 +106,7 @@ class UpdateToWeight(Instrument):
     """
 
     name = "update_to_weight"
+    local_only = True  # values identical on every rank (DDP gradients are global); no collective
     requires = ("update_norms", "param_norms")
     after_update = True
     series = (
@@ -121,6 +126,7 @@ class DistanceFromInit(Instrument):
     """Distance travelled from the initialization, ‖θ_t − θ_0‖₂ (Cockpit's ``Distance``), total and per layer."""
 
     name = "distance"
+    local_only = True  # values identical on every rank (DDP gradients are global); no collective
     requires = ("initial_params",)
     series = (
         SeriesInfo("distance", "scalar", "‖θ_t − θ_0‖₂, distance from initialization", "growing, then levelling",
@@ -140,6 +146,7 @@ class LearningRate(Instrument):
     """The learning rate of each optimizer parameter group (``lr``; ``lr_group_i`` for groups i > 0)."""
 
     name = "learning_rate"
+    local_only = True  # values identical on every rank (DDP gradients are global); no collective
     series = (
         SeriesInfo("lr", "scalar", "learning rate (first parameter group)", "as scheduled",
                    log_scale=True, group="hyperparameters"),
@@ -175,6 +182,7 @@ class NonFinite(Instrument):
     """
 
     name = "nonfinite"
+    local_only = True  # values identical on every rank (DDP gradients are global); no collective
     requires = ("grad_norms",)
     series = (
         SeriesInfo("nonfinite_loss", "scalar", "1 if the loss is NaN/inf", "0", group="health"),
@@ -205,6 +213,7 @@ class StepTime(Instrument):
     """Wall time of the user's step (forward, backward, optimizer), without trainspect's own time."""
 
     name = "step_time"
+    local_only = True  # values identical on every rank (DDP gradients are global); no collective
     after_update = True
     series = (
         SeriesInfo("step_time", "scalar", "seconds per training step (excluding trainspect)", "stable",

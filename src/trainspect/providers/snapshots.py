@@ -73,9 +73,18 @@ class ParameterNorms(Provider):
 
 
 class ParametersBeforeUpdate(Provider):
-    """A copy of θ_t taken just before ``optimizer.step()``."""
+    """A copy of θ_t taken just before ``optimizer.step()``.
+
+    The copy goes into buffers kept for the whole run: allocating (and page-faulting) a fresh copy of a
+    large model every step would cost more than the copy itself. So the tensors are valid during this step
+    only: a consumer that keeps θ_t beyond the step must copy it.
+    """
 
     name = "params_before_update"
+
+    def __init__(self, inspector: Inspector):
+        super().__init__(inspector)
+        self._buffers: list[torch.Tensor] | None = None
 
     def before_update(self, ctx: StepContext) -> None:
         ctx.get(self.name)
@@ -83,11 +92,21 @@ class ParametersBeforeUpdate(Provider):
     def compute(self, ctx: StepContext) -> list[torch.Tensor]:
         if ctx.phase == "update":
             raise NotAvailable("the parameters before the update were not captured (no optimizer step hook ran)")
-        return torch._foreach_mul([p.detach() for p in ctx.params], 1.0)
+        params = [p.detach() for p in ctx.params]
+        if self._buffers is None:
+            self._buffers = [torch.empty_like(p) for p in params]
+        torch._foreach_copy_(self._buffers, params)
+        return self._buffers
+
+    def close(self) -> None:
+        self._buffers = None
 
 
 class Update(Provider):
-    """The update actually taken, Δθ_t = θ_{t+1} − θ_t, whatever the optimizer (momentum, Adam, decay)."""
+    """The update actually taken, Δθ_t = θ_{t+1} − θ_t, whatever the optimizer (momentum, Adam, decay).
+
+    Fresh tensors each step: two-step instruments (alpha) keep the update of step t until step t+1.
+    """
 
     name = "update"
     requires = ("params_before_update",)

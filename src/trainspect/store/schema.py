@@ -81,16 +81,17 @@ CREATE TABLE IF NOT EXISTS findings (       -- verdicts of the checks, one row p
     rank        INTEGER,                    -- process rank where it is rank-local, else NULL
     UNIQUE (code, location)
 );
-CREATE TABLE IF NOT EXISTS samples (        -- logged examples (inputs, predictions, targets) for the views
-    step      INTEGER NOT NULL,
-    idx       INTEGER NOT NULL,
-    loss      REAL,
-    target    TEXT,                         -- JSON
-    prediction TEXT,                        -- JSON
-    probabilities BLOB,                     -- float64
-    input     BLOB,                         -- float64, shape in input_shape
-    input_shape TEXT,
-    input_kind TEXT,                        -- image | tokens | vector | text
+CREATE TABLE IF NOT EXISTS samples (        -- logged examples (inputs, predictions, targets): views/samples.py
+    step          INTEGER NOT NULL,
+    idx           INTEGER NOT NULL,             -- position in the logged batch
+    loss          REAL,                         -- per-example loss (NULL: unknown)
+    target        TEXT,                         -- JSON (class index, or a value)
+    prediction    TEXT,                         -- JSON (argmax of the class scores, or the output)
+    probabilities BLOB,                         -- float64 softmax of the class scores (NULL: not a classifier)
+    input         BLOB,                         -- float32 little-endian, shape in input_shape
+    input_shape   TEXT,                         -- JSON list: (C, H, W) for images, (L,) for tokens/vectors
+    input_kind    TEXT,                         -- image | tokens | vector | text | none
+    input_text    TEXT,                         -- decoded tokens or text inputs
     PRIMARY KEY (step, idx)
 ) WITHOUT ROWID;
 """

@@ -93,6 +93,16 @@ def _scalar_json(value: float) -> float | str:
 _encode_json = json.JSONEncoder(separators=(",", ":")).encode
 
 
+def _grow_pipe(stream: Any) -> None:
+    """Give the pipe 1 MiB of buffer (Linux), so a writer briefly starved of CPU never stalls training."""
+    try:
+        import fcntl
+
+        fcntl.fcntl(stream.fileno(), 1031, 1 << 20)  # F_SETPIPE_SZ
+    except (ImportError, OSError, AttributeError):
+        pass
+
+
 class StoreWriter(Sink):
     """Writes a run into ``run_dir/trainspect.db``. Only one writer per run (rank 0 in distributed runs)."""
 
@@ -111,6 +121,7 @@ class StoreWriter(Sink):
                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                 env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"},
             )
+            _grow_pipe(self._proc.stdin)
         self._closed = False
 
     # -- transport -------------------------------------------------------------------------------------

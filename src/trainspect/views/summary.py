@@ -29,13 +29,20 @@ def print_runs(root: str | os.PathLike[str], console: Console | None = None) -> 
             with open_run(path) as r:
                 meta = r.meta
                 last = r.last_step
-                table.add_row(str(path), str(meta.get("start_time", ""))[:19], str(meta.get("status", "?")),
+                table.add_row(_relative(path, root), str(meta.get("start_time", ""))[:19], str(meta.get("status", "?")),
                               str(0 if last is None else last + 1), str(meta.get("model_class", "")),
                               str(len(r.findings())))
         except Exception as error:  # one unreadable run must not hide the others
-            table.add_row(str(path), "", f"unreadable: {error}", "", "", "")
+            table.add_row(_relative(path, root), "", f"unreadable: {error}", "", "", "")
     console.print(table)
     return 0
+
+
+def _relative(path: Path, root: str | os.PathLike[str]) -> str:
+    try:
+        return str(path.relative_to(root)) or path.name
+    except ValueError:
+        return str(path)
 
 
 def print_summary(run: str | os.PathLike[str], console: Console | None = None) -> None:

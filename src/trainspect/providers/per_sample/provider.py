@@ -137,7 +137,7 @@ class PerSampleLayerProvider(Provider):
 
     # -- capture -------------------------------------------------------------------------------------
     def arm(self, ctx: StepContext) -> None:
-        self._capture = LayerCapture(self.fast_modules)
+        self._capture = LayerCapture(self.fast_modules, lambda: ctx.micro_batch_index)
         for mname, module in self.inspector.model.named_modules():
             if isinstance(module, BATCH_NORMS) and module.training and mname not in self._warned:
                 self._warned.add(mname)

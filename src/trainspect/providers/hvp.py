@@ -1,0 +1,197 @@
+"""The step's curvature operator (Hessian-vector products) and its extreme eigenvalues, shared per step.
+
+``hessian_operator`` builds one :class:`~trainspect.functional.hvp.HessianOperator` for the mini-batch
+loss L(θ_t; x_t, y_t) of the step, in the gradient phase (before ``optimizer.step()``): the user's loss
+function is re-evaluated functionally on the batch given to ``inspector.step(x, y)``, so the user's own
+``loss.backward()`` needs no ``create_graph=True``. Every curvature instrument of the step (eigenvalues,
+trace, sharpness, TIC) multiplies with the same operator, so its forward and first backward are paid once.
+
+Under ``torch.distributed`` each product is averaged over the processes (one all-reduce per product), so
+the operator is the Hessian of the global mini-batch loss (mean over ranks) and every rank runs the same
+Lanczos iteration; with one process there is no communication.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import torch
+
+from trainspect.engine.context import NotAvailable
+from trainspect.engine.distributed import all_reduce_sum, world_size
+from trainspect.functional.diagonal import ggn_diagonal
+from trainspect.functional.hvp import HessianOperator, unflatten
+from trainspect.functional.lanczos import LanczosResult, lanczos_extreme_eigenvalues
+from trainspect.functional.trace import exact_diagonal
+from trainspect.providers.base import Provider
+
+if TYPE_CHECKING:
+    from trainspect.engine.context import StepContext
+
+
+class ProcessAveragedOperator:
+    """Wraps an operator so each product is averaged over the processes of a distributed run."""
+
+    def __init__(self, operator: HessianOperator):
+        self.operator = operator
+        self.dim = operator.dim
+        self.world = world_size()
+
+    @property
+    def num_matvecs(self) -> int:
+        return self.operator.num_matvecs
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.operator, name)
+
+    def _average(self, x: torch.Tensor) -> torch.Tensor:
+        if self.world == 1:
+            return x
+        (total,) = all_reduce_sum([x])
+        return total / self.world
+
+    def matvec(self, v: torch.Tensor) -> torch.Tensor:
+        return self._average(self.operator.matvec(v))
+
+    def matmat(self, V: torch.Tensor) -> torch.Tensor:
+        return self._average(self.operator.matmat(V))
+
+
+def basis_dtype(dim: int, param_dtype: torch.dtype) -> torch.dtype:
+    """float64 Krylov/probe vectors for models up to a million parameters, else the parameters' dtype.
+
+    float64 makes the reorthogonalization and the trace sums exact to far below the estimators' own error;
+    above 1M parameters the memory of max_iter basis vectors (8 bytes × dim × max_iter) matters more.
+    """
+    return torch.float64 if dim <= 1_000_000 or param_dtype == torch.float64 else torch.float32
+
+
+class HessianOperatorProvider(Provider):
+    """H_t = ∇²_θ L(θ_t; x_t, y_t) as a linear operator (double backward, built once per step)."""
+
+    name = "hessian_operator"
+
+    def compute(self, ctx: StepContext) -> ProcessAveragedOperator:
+        if ctx.phase == "update":
+            raise NotAvailable("the Hessian operator is built from θ_t, which the optimizer step has replaced")
+        loss_fn = ctx.inspector.user_loss_fn
+        if loss_fn is None:
+            raise RuntimeError(
+                "curvature instruments need the loss function: pass it to trainspect.attach(model, optimizer, "
+                "loss_fn=...) so that the loss can be re-evaluated for Hessian-vector products"
+            )
+        if ctx.inputs is None or ctx.targets is None:
+            raise RuntimeError(
+                "curvature instruments need the step's batch: wrap the step as `with inspector.step(x, y): ...` "
+                "(inputs and targets) so that the loss can be re-evaluated for Hessian-vector products"
+            )
+        op = HessianOperator(ctx.model, loss_fn, ctx.inputs, ctx.targets, params=ctx.params)
+        return ProcessAveragedOperator(op)
+
+
+#: instruments that need the largest / the smallest Hessian eigenvalue from the shared Lanczos run
+NEEDS_LARGEST = {"hessian_max_eigenvalue", "sharpness"}
+NEEDS_SMALLEST = {"hessian_min_eigenvalue"}
+
+
+class HessianExtremeEigenvalues(Provider):
+    """λ_max and λ_min of H_t by one Lanczos run (both ends from the same products).
+
+    Only the ends that this step's due instruments need must converge: if just the largest is wanted,
+    Lanczos stops as soon as it has converged. Warm start: the Krylov space starts from the previous
+    measurement's Ritz vectors (plus 5 % random noise, so no direction is missing), because the dominant
+    eigenvectors move slowly during training; measured along Adam training on digits
+    (``benchmarks/curvature.py``) the median products to 1e-3 drop from 6 to 5 (MLP), 6 to 4 (CNN) and
+    7 to 5 (transformer). Class attributes (set before attaching to change them): ``rtol`` (relative
+    accuracy, default 1e-3), ``max_iter`` (products, default 100, Cockpit's budget), ``warm_start``.
+    """
+
+    name = "hessian_extreme_eigenvalues"
+    requires = ("hessian_operator",)
+    rtol: ClassVar[float] = 1e-3
+    max_iter: ClassVar[int] = 100
+    warm_start: ClassVar[bool] = True
+
+    def __init__(self, inspector: Any):
+        super().__init__(inspector)
+        self._previous: dict[str, torch.Tensor] = {}
+
+    def compute(self, ctx: StepContext) -> LanczosResult:
+        op = ctx.get("hessian_operator")
+        due = {i.name for i in ctx.due_instruments}
+        want_hi, want_lo = bool(due & NEEDS_LARGEST), bool(due & NEEDS_SMALLEST)
+        which = "both" if want_hi == want_lo else ("largest" if want_hi else "smallest")
+        dtype = basis_dtype(op.dim, op.dtype)
+        start = self._start(op.dim, which, ctx.step, dtype) if self.warm_start else None
+        before = op.num_matvecs
+        result = lanczos_extreme_eigenvalues(
+            op.matvec, op.dim, rtol=self.rtol, max_iter=self.max_iter, seed=ctx.step,
+            dtype=dtype, device=op.device, which=which, return_vectors=self.warm_start, start=start,
+        )
+        result.num_matvecs = op.num_matvecs - before
+        if self.warm_start:
+            self._previous = {"largest": result.largest_vector, "smallest": result.smallest_vector}
+            result.largest_vector = result.smallest_vector = None  # kept here, not in the step's cache
+        return result
+
+    def _start(self, dim: int, which: str, step: int, dtype: torch.dtype) -> torch.Tensor | None:
+        """Previous Ritz vector(s) of the wanted ends + 5 % noise (None on the first call)."""
+        ends = ["largest", "smallest"] if which == "both" else [which]
+        vecs = [self._previous.get(e) for e in ends]
+        if any(v is None or v.shape != (dim,) for v in vecs):
+            return None
+        start = sum(v.to(dtype) for v in vecs)
+        gen = torch.Generator().manual_seed(step)
+        noise = torch.randn(dim, generator=gen, dtype=torch.float64).to(dtype=dtype, device=start.device)
+        start = start / start.norm() + 0.05 * noise / noise.norm()
+        return start
+
+    def close(self) -> None:
+        self._previous = {}
+
+
+@dataclass
+class HessianDiagonalValue:
+    """diag of the curvature of the *mean* mini-batch loss, one tensor per tracked parameter.
+
+    Attributes:
+        diagonal: the diagonal entries, per parameter (parameter's shape).
+        kind: ``"hessian"`` (exact diag(H), one product per parameter) or ``"ggn"`` (exact diag of the
+            generalized Gauss-Newton matrix, for models too large for the first).
+    """
+
+    diagonal: list[torch.Tensor]
+    kind: str
+
+
+class HessianDiagonal(Provider):
+    """The exact curvature diagonal of the step's mean loss, for TIC (Cockpit's ``DiagHessian``/``DiagGGNExact``).
+
+    Models with at most ``exact_max_dim`` parameters (default 4096) get the exact Hessian diagonal from
+    ``dim`` Hessian-vector products (any twice-differentiable model); larger ones the exact GGN diagonal
+    (:func:`~trainspect.functional.diagonal.ggn_diagonal`; K per-sample passes, K = outputs per sample),
+    which needs a per-sample loss and a model that treats samples independently. A ``reduction="sum"``
+    loss is rescaled by 1/N, because Cockpit's definitions (TIC) use the mean loss.
+    """
+
+    name = "hessian_diagonal"
+    requires = ("hessian_operator",)
+    exact_max_dim: ClassVar[int] = 4096
+
+    def compute(self, ctx: StepContext) -> HessianDiagonalValue:
+        op = ctx.get("hessian_operator")
+        if op.dim <= self.exact_max_dim:
+            flat = exact_diagonal(op.matmat, op.dim, dtype=basis_dtype(op.dim, op.dtype), device=op.device)
+            diag, kind = unflatten(flat, [p.shape for p in ctx.params]), "hessian"
+        else:
+            diag = ggn_diagonal(ctx.model, ctx.inspector.user_loss_fn, ctx.inputs, ctx.targets, ctx.param_names)
+            diag, kind = all_reduce_sum(diag), "ggn"
+            if world_size() > 1:
+                diag = [d / world_size() for d in diag]
+        if ctx.loss_reduction == "sum":
+            n = ctx.batch_size
+            if not n:
+                raise RuntimeError("hessian_diagonal: cannot tell the batch size to rescale a reduction='sum' loss")
+            diag = [d / n for d in diag]
+        return HessianDiagonalValue(diag, kind)
