@@ -162,10 +162,11 @@ class BilinearLayer(LayerStatistics):
 
     def elements(self, local: int, samples: torch.Tensor, coords: torch.Tensor) -> torch.Tensor:
         if self.roles[local] == "bias":
-            return self.bias_grads[samples, coords]
+            return self.bias_grads.reshape(-1).take(samples * self.dout + coords)
         rows, cols = coords // self.din, coords % self.din
-        if self.T == 1:
-            return self.G[:, 0][samples, rows] * self.A[:, 0][samples, cols]
+        if self.T == 1:  # flat `take` gathers are several times faster than 2-D advanced indexing on CPU
+            return (self.G.reshape(-1).take(samples * self.dout + rows)
+                    * self.A.reshape(-1).take(samples * self.din + cols))
         out = torch.empty(samples.shape[0], dtype=self.A.dtype, device=self.A.device)
         step = max(1, (2**24) // max(self.T, 1))  # bound the [S, T] gather
         for s in range(0, samples.shape[0], step):
