@@ -249,14 +249,17 @@ def measure_cockpit(problem: Problem, label: str, *, interval: int, steps: int, 
 
 
 def peak_memory_extra(problem_key: str, instruments: str, schedule: int, steps: int = 6) -> float:
-    """Peak extra resident memory (MiB) of inspected over plain training: each in a fresh subprocess
-    (``ru_maxrss``), same model, batches and number of steps."""
+    """Peak extra resident memory (MiB) of inspected over plain training, each in a fresh subprocess.
+
+    After one warm-up step the process's peak-RSS mark is reset (``/proc/self/clear_refs``, Linux); the
+    peak growth above the RSS at that point is measured over ``steps`` steps. Returns NaN where that is
+    not available."""
     import subprocess
     import sys
 
     def peak(mode: str) -> float:
         code = (
-            "import sys, resource, warnings, tempfile; warnings.filterwarnings('ignore'); "
+            "import sys, re, warnings, tempfile; warnings.filterwarnings('ignore'); "
             f"sys.path.insert(0, {str(__import__('pathlib').Path(__file__).parent)!r}); "
             "import torch; from torch import nn; import trainspect; from overhead import PROBLEMS; "
             f"torch.set_num_threads(2); p = PROBLEMS[{problem_key!r}](); torch.manual_seed(0); m = p.build(); "
@@ -264,17 +267,24 @@ def peak_memory_extra(problem_key: str, instruments: str, schedule: int, steps: 
             "g = torch.Generator().manual_seed(0); b = [p.batch(g) for _ in range(4)]; "
             f"insp = trainspect.attach(m, o, lf, run_dir=tempfile.mkdtemp() + '/r', instruments={instruments!r}, "
             f"schedule={schedule}, checks=None, progress=False) if {mode == 'inspected'} else None\n"
-            f"for i in range({steps}):\n"
+            "def kb(key):\n"
+            "    return float(re.search(key + r':\\s+(\\d+)', open('/proc/self/status').read()).group(1))\n"
+            "def step(i):\n"
             "    x, y = b[i % 4]; o.zero_grad()\n"
             "    if insp is None:\n        lf(m(x), y).backward()\n"
             "    else:\n        with insp.step(x, y):\n            lf(m(x), y).backward()\n"
             "    o.step()\n"
-            "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)"
+            "step(0); open('/proc/self/clear_refs', 'w').write('5'); base = kb('VmRSS')\n"
+            f"for i in range(1, {steps} + 1):\n    step(i)\n"
+            "print(kb('VmHWM') - base)"
         )
         out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
         return float(out.stdout.strip().splitlines()[-1]) / 1024
 
-    return peak("inspected") - peak("plain")
+    try:
+        return peak("inspected") - peak("plain")
+    except Exception:
+        return float("nan")
 
 
 def economy_rows(args: argparse.Namespace) -> None:
