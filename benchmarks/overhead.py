@@ -334,8 +334,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=300, help="timed steps per variant and row")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--problems", default="mlp,cnn,digits")
-    parser.add_argument("--store", default="process", choices=["process", "sync", "none"],
-                        help="run store: writer process (default), in-process commits, or none")
+    parser.add_argument("--store", default="auto", choices=["auto", "process", "sync", "none"],
+                        help="run store: automatic choice (default), writer process, in-process commits, or none")
     parser.add_argument("--economy", action="store_true",
                         help="also the per-sample gradient rows (economy every step / every 16, Cockpit side by side)")
     parser.add_argument("--economy-only", action="store_true", help="only the economy rows")
@@ -363,7 +363,7 @@ def main(argv: list[str] | None = None) -> int:
     for key in args.problems.split(","):
         problem = PROBLEMS[key]()
         for label, instruments, schedule, checks in rows:
-            store = {"process": True, "sync": "sync", "none": False}[args.store]
+            store = {"auto": True, "process": "process", "sync": "sync", "none": False}[args.store]
             r = measure(problem, instruments, schedule=schedule, steps=args.steps, checks=checks,
                         attach_kwargs={"store": store})
             results[(key, label)] = r
