@@ -250,14 +250,17 @@ def measure_cockpit(problem: Problem, label: str, *, interval: int, steps: int, 
 
 
 def peak_memory_extra(problem_key: str, instruments: str, schedule: int, steps: int = 6) -> float:
-    """Peak extra resident memory (MiB) of inspected over plain training: each in a fresh subprocess
-    (``ru_maxrss``), same model, batches and number of steps."""
+    """Peak extra resident memory (MiB) of inspected over plain training, each in a fresh subprocess.
+
+    After one warm-up step the process's peak-RSS mark is reset (``/proc/self/clear_refs``, Linux); the
+    peak growth above the RSS at that point is measured over ``steps`` steps. Returns NaN where that is
+    not available."""
     import subprocess
     import sys
 
     def peak(mode: str) -> float:
         code = (
-            "import sys, resource, warnings, tempfile; warnings.filterwarnings('ignore'); "
+            "import sys, re, warnings, tempfile; warnings.filterwarnings('ignore'); "
             f"sys.path.insert(0, {str(__import__('pathlib').Path(__file__).parent)!r}); "
             "import torch; from torch import nn; import trainspect; from overhead import PROBLEMS; "
             f"torch.set_num_threads(2); p = PROBLEMS[{problem_key!r}](); torch.manual_seed(0); m = p.build(); "
@@ -265,17 +268,24 @@ def peak_memory_extra(problem_key: str, instruments: str, schedule: int, steps: 
             "g = torch.Generator().manual_seed(0); b = [p.batch(g) for _ in range(4)]; "
             f"insp = trainspect.attach(m, o, lf, run_dir=tempfile.mkdtemp() + '/r', instruments={instruments!r}, "
             f"schedule={schedule}, checks=None, progress=False) if {mode == 'inspected'} else None\n"
-            f"for i in range({steps}):\n"
+            "def kb(key):\n"
+            "    return float(re.search(key + r':\\s+(\\d+)', open('/proc/self/status').read()).group(1))\n"
+            "def step(i):\n"
             "    x, y = b[i % 4]; o.zero_grad()\n"
             "    if insp is None:\n        lf(m(x), y).backward()\n"
             "    else:\n        with insp.step(x, y):\n            lf(m(x), y).backward()\n"
             "    o.step()\n"
-            "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)"
+            "step(0); open('/proc/self/clear_refs', 'w').write('5'); base = kb('VmRSS')\n"
+            f"for i in range(1, {steps} + 1):\n    step(i)\n"
+            "print(kb('VmHWM') - base)"
         )
         out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
         return float(out.stdout.strip().splitlines()[-1]) / 1024
 
-    return peak("inspected") - peak("plain")
+    try:
+        return peak("inspected") - peak("plain")
+    except Exception:
+        return float("nan")
 
 
 def economy_rows(args: argparse.Namespace) -> None:
@@ -324,8 +334,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=300, help="timed steps per variant and row")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--problems", default="mlp,cnn,digits")
-    parser.add_argument("--store", default="process", choices=["process", "sync", "none"],
-                        help="run store: writer process (default), in-process commits, or none")
+    parser.add_argument("--store", default="auto", choices=["auto", "process", "sync", "none"],
+                        help="run store: automatic choice (default), writer process, in-process commits, or none")
     parser.add_argument("--economy", action="store_true",
                         help="also the per-sample gradient rows (economy every step / every 16, Cockpit side by side)")
     parser.add_argument("--economy-only", action="store_true", help="only the economy rows")
@@ -353,7 +363,7 @@ def main(argv: list[str] | None = None) -> int:
     for key in args.problems.split(","):
         problem = PROBLEMS[key]()
         for label, instruments, schedule, checks in rows:
-            store = {"process": True, "sync": "sync", "none": False}[args.store]
+            store = {"auto": True, "process": "process", "sync": "sync", "none": False}[args.store]
             r = measure(problem, instruments, schedule=schedule, steps=args.steps, checks=checks,
                         attach_kwargs={"store": store})
             results[(key, label)] = r

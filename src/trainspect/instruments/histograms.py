@@ -6,7 +6,8 @@ from a uniform random sample of (sample, coordinate) pairs: ``PerSampleGradients
 (2**16) pairs per step, allocated to the parameter tensors in proportion to their sizes (at least 2**12 each;
 every element of smaller tensors), each weighted by N·D_p/S_p, so the counts estimate the exact counts
 (documented accuracy: total-variation distance ≤ 0.02 from the exact histogram on the benchmark models,
-``tests/instruments/test_histograms.py``). ``exact=True`` bins every element, materializing per-sample gradients a block at a time.
+``tests/instruments/test_histograms.py``). ``exact=True`` bins every element, materializing per-sample
+gradients a block at a time.
 
 Bins: ``bins`` equal bins on [−r, r] with r = 6·rms(g) — the root-mean-square of all N·D elements, known
 exactly from Σ_i‖g_i‖² without a pass over the elements and identical on every process — unless ``range``

@@ -12,7 +12,7 @@ from torch import nn
 import trainspect
 from trainspect.engine.values import SeriesInfo
 from trainspect.instruments.base import Instrument
-from trainspect.providers.per_sample import PerSampleGradients, project_per_sample
+from trainspect.providers.per_sample import PerSampleGradients, PerSampleLayerProvider, project_per_sample
 
 from .models import KINDS, brute_force_per_sample_grads, problem
 
@@ -65,6 +65,18 @@ def run_one_step(kind: str, reduction: str, tmp_path, n: int = 6):
 @pytest.mark.parametrize("reduction", ["mean", "sum"])
 @pytest.mark.parametrize("kind", KINDS)
 def test_statistics_match_brute_force(kind, reduction, tmp_path):
+    check_against_brute_force(kind, reduction, tmp_path)
+
+
+@pytest.mark.parametrize("kind", ["cnn", "embedding", "wide", "custom", "attention"])
+def test_statistics_match_brute_force_under_a_tiny_memory_cap(kind, tmp_path, monkeypatch):
+    """Nothing fits: sequence Linear layers use the Gram/projection formulas, embeddings the sparse rows,
+    convolutions and the torch.func fallback recompute their per-sample gradients block by block."""
+    monkeypatch.setattr(PerSampleLayerProvider, "memory_cap", 1)
+    check_against_brute_force(kind, "mean", tmp_path)
+
+
+def check_against_brute_force(kind, reduction, tmp_path):
     stats, proj, ref, batch_grads, directions, params = run_one_step(kind, reduction, tmp_path)
     n = ref[0].shape[0]
     assert stats.batch_size == n

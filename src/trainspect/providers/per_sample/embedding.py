@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from trainspect.providers.per_sample.capture import ModuleCapture
-from trainspect.providers.per_sample.layer import DEFAULT_MEMORY_CAP, LayerStatistics
+from trainspect.providers.per_sample.layer import DEFAULT_MEMORY_CAP, ExplicitLayer, LayerStatistics
 from trainspect.providers.per_sample.registry import fast_path
 
 
@@ -90,11 +90,21 @@ class EmbeddingLayer(LayerStatistics):
 
 
 @fast_path(nn.Embedding, supports=_supports)
-def build_embedding(record: ModuleCapture, index_of: dict[int, int], scale: float, memory_cap: int) -> EmbeddingLayer:
+def build_embedding(
+    record: ModuleCapture, index_of: dict[int, int], scale: float, memory_cap: int
+) -> EmbeddingLayer | ExplicitLayer:
     module = record.module
     calls = record.complete_calls()
     n = calls[0].inputs.shape[0]
     idx = torch.cat([c.inputs.reshape(n, -1) for c in calls], 1)
     grads = torch.cat([c.grad_output.reshape(n, -1, module.embedding_dim) for c in calls], 1) * scale
-    return EmbeddingLayer(idx, grads, module.num_embeddings, index_of[id(module.weight)], module.weight.shape,
-                          module.padding_idx, memory_cap)
+    w = module.weight
+    if n * w.numel() * w.element_size() <= memory_cap // 4:
+        # a small table: dense per-sample gradients (one index_add) beat the sparse bookkeeping
+        keep = torch.ones_like(idx, dtype=torch.bool) if module.padding_idx is None else idx != module.padding_idx
+        rows = (torch.arange(n, device=idx.device).unsqueeze(1) * module.num_embeddings + idx)[keep]
+        dense = torch.zeros(n * module.num_embeddings, module.embedding_dim, dtype=grads.dtype, device=grads.device)
+        dense.index_add_(0, rows, grads[keep])
+        return ExplicitLayer([index_of[id(w)]], [w.shape], n, grads=[dense.reshape(n, *w.shape)])
+    return EmbeddingLayer(idx, grads, module.num_embeddings, index_of[id(w)], w.shape, module.padding_idx,
+                          memory_cap)

@@ -101,7 +101,9 @@ class ExplicitLayer(LayerStatistics):
         return out
 
     def sq_norms(self) -> torch.Tensor:
-        rows = [torch.stack([g.flatten(1).square().sum(1) for g in block], 1) for block in self._blocks()]
+        # vector_norm reads each row once and makes no N×D temporary (unlike square().sum())
+        rows = [torch.stack([torch.linalg.vector_norm(g.flatten(1), dim=1).square() for g in block], 1)
+                for block in self._blocks()]
         return torch.cat(rows, 0)
 
     def sum_grads_squared(self) -> list[torch.Tensor]:

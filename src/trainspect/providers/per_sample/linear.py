@@ -2,7 +2,8 @@
 
 Input [N, *, Din], output [N, *, Dout]: positions t run over the middle dimensions; a module called
 several times contributes each call's positions (the per-sample gradient is the sum over calls).
-See :mod:`.bilinear` for the formulas.
+See :mod:`.bilinear` for the formulas. With positions (T > 1) the per-sample weight gradients are
+materialized when N·|W| fits the memory cap (cheaper than the Gram form or per-direction projections).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from torch import nn
 from trainspect.providers.per_sample.bilinear import BilinearLayer
 from trainspect.providers.per_sample.bilinear import concat_positions as _cat
 from trainspect.providers.per_sample.capture import ModuleCapture
+from trainspect.providers.per_sample.layer import ExplicitLayer
 from trainspect.providers.per_sample.registry import fast_path
 
 
@@ -24,7 +26,9 @@ def _positions(t: torch.Tensor, n: int) -> torch.Tensor:
 
 
 @fast_path(nn.Linear)
-def build_linear(record: ModuleCapture, index_of: dict[int, int], scale: float, memory_cap: int) -> BilinearLayer:
+def build_linear(
+    record: ModuleCapture, index_of: dict[int, int], scale: float, memory_cap: int
+) -> BilinearLayer | ExplicitLayer:
     module = record.module
     calls = record.complete_calls()
     n = calls[0].inputs.shape[0]
@@ -33,6 +37,20 @@ def build_linear(record: ModuleCapture, index_of: dict[int, int], scale: float, 
     if scale != 1.0:
         g = g * scale
     w, b = module.weight, module.bias
+    t = a.shape[1]
+    if t > 1 and n * w.numel() * w.element_size() <= memory_cap:
+        # sequences: the N per-sample weight gradients (one batched matmul, the cost of the weight gradient)
+        # are small next to the N·T activations; every statistic is then a cheap pass over them
+        indices, shapes, grads = [], [], []
+        if id(w) in index_of:
+            indices.append(index_of[id(w)])
+            shapes.append(w.shape)
+            grads.append(torch.bmm(g.transpose(1, 2), a))
+        if b is not None and id(b) in index_of:
+            indices.append(index_of[id(b)])
+            shapes.append(b.shape)
+            grads.append(g.sum(1))
+        return ExplicitLayer(indices, shapes, n, grads=grads)
     return BilinearLayer(
         a, g,
         index_of.get(id(w)), index_of.get(id(b)) if b is not None else None,

@@ -17,6 +17,7 @@ quantity); with ``"sum"`` it is δ_i a_iᵀ.
 
 from __future__ import annotations
 
+import copy
 import warnings
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -384,6 +385,17 @@ class PerSampleLosses(Provider):
                 "(or call inspector.loss_fn(output, target) instead of your loss function)"
             )
         out, target = ctx.model_output, ctx.loss_target
+        n = out.shape[0]
+        if (isinstance(loss_fn, nn.Module) and getattr(loss_fn, "reduction", None) in ("mean", "sum")
+                and getattr(loss_fn, "weight", None) is None and target is not None):
+            # built-in losses: one call with reduction="none" (no per-sample vmap); valid when it returns
+            # one value per sample (class weights would make "mean" a weighted mean: not taken here)
+            unreduced = copy.copy(loss_fn)
+            unreduced.reduction = "none"
+            with torch.no_grad():
+                values = unreduced(out.detach(), target)
+            if values.dim() == 1 and values.shape[0] == n:
+                return values.to(torch.float64)
         with torch.no_grad():
             if target is None:
                 return torch.vmap(lambda o: loss_fn(o.unsqueeze(0)))(out.detach()).to(torch.float64)
