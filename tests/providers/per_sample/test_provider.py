@@ -24,7 +24,7 @@ class GrabPerSample(Instrument):
 
     name = "test_grab_per_sample"
     requires = ("per_sample_grads",)
-    per_sample_quantities = ("sum_grads", "sum_grads_squared", "proj_mean", "elements")
+    per_sample_quantities = ("sum_grads", "sum_grads_squared", "proj_mean", "elements", "element_params")
     series = (SeriesInfo("test_grab_dummy"),)
     directions: ClassVar[list[list[torch.Tensor]]] = []
     grabbed: ClassVar[list] = []
