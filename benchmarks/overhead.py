@@ -9,7 +9,8 @@ blocks in one process, so both see the same machine state; the ratio of the medi
 Store writes are included (a real run folder in a temporary directory).
 
 Run:  OMP_PROC_BIND=true OMP_PLACES=cores python benchmarks/overhead.py [--steps 300] [--threads 2]
-Last line: ``default instruments overhead: X.XXx`` (default schedules, the larger of the MLP and CNN ratios).
+Last line: ``default instruments overhead: X.XXx`` (default schedules and default checks, the larger of the MLP
+and CNN ratios); the line before it isolates the checks: inspected step with / without the default checks.
 
 Per-sample gradient rows (Cockpit's ``economy`` set every step and every 16 steps on the MLP, the CNN and a
 small transformer, with Cockpit side by side where it is installed, and peak extra memory) are behind a
@@ -333,8 +334,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=300, help="timed steps per variant and row")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--problems", default="mlp,cnn,digits")
-    parser.add_argument("--store", default="process", choices=["process", "sync", "none"],
-                        help="run store: writer process (default), in-process commits, or none")
+    parser.add_argument("--store", default="auto", choices=["auto", "process", "sync", "none"],
+                        help="run store: automatic choice (default), writer process, in-process commits, or none")
     parser.add_argument("--economy", action="store_true",
                         help="also the per-sample gradient rows (economy every step / every 16, Cockpit side by side)")
     parser.add_argument("--economy-only", action="store_true", help="only the economy rows")
@@ -352,21 +353,29 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     torch.set_num_threads(args.threads)
     rows = [
-        ("default schedules", "default", None),
-        ("every instrument every step", "cheap", 1),
+        ("default schedules", "default", None, "default"),
+        ("default schedules, no checks", "default", None, None),
+        ("every instrument every step", "cheap", 1, "default"),
     ]
     results: dict[tuple[str, str], dict[str, float]] = {}
     print(f"torch {torch.__version__}, {args.threads} threads, {args.steps} timed steps per variant")
     print(f"{'problem':<12} {'configuration':<30} {'plain ms':>9} {'inspected ms':>13} {'ratio':>7}")
     for key in args.problems.split(","):
         problem = PROBLEMS[key]()
-        for label, instruments, schedule in rows:
-            store = {"process": True, "sync": "sync", "none": False}[args.store]
-            r = measure(problem, instruments, schedule=schedule, steps=args.steps, attach_kwargs={"store": store})
+        for label, instruments, schedule, checks in rows:
+            store = {"auto": True, "process": "process", "sync": "sync", "none": False}[args.store]
+            r = measure(problem, instruments, schedule=schedule, steps=args.steps, checks=checks,
+                        attach_kwargs={"store": store})
             results[(key, label)] = r
             print(f"{problem.name:<12} {label:<30} {1e3 * r['plain']:>9.3f} {1e3 * r['inspected']:>13.3f} "
                   f"{r['ratio']:>6.2f}x", flush=True)
     big = [results[(k, "default schedules")]["ratio"] for k in ("mlp", "cnn") if (k, "default schedules") in results]
+    # what the default checks (and the probes they add: activations, loss input, input scale, grad at step
+    # start, non-finite origin) cost on top of the default instruments
+    with_checks = [results[(k, "default schedules")]["inspected"] / results[(k, "default schedules, no checks")]
+                   ["inspected"] for k in ("mlp", "cnn") if (k, "default schedules, no checks") in results]
+    if with_checks:
+        print(f"default checks overhead (on top of the default instruments): {max(with_checks):.2f}x")
     if big:
         print(f"default instruments overhead: {max(big):.2f}x")
     if args.economy:

@@ -14,6 +14,8 @@ __version__ = "0.1.0"
 
 # the engine
 from trainspect.checks import CHECKS, Check, Finding
+from trainspect.checks.compare import compare
+from trainspect.checks.preflight import PreflightReport, preflight
 from trainspect.configurations import CONFIGURATIONS
 
 # post-training diagnosis (MD tree)
@@ -40,15 +42,18 @@ __all__ = [
     "Histogram2d",
     "Inspector",
     "Instrument",
+    "PreflightReport",
     "Provider",
     "RunReader",
     "SeriesInfo",
     "__version__",
     "attach",
+    "compare",
     "diagnose",
     "every",
     "first",
     "list_runs",
     "logarithmic",
     "open_run",
+    "preflight",
 ]

@@ -275,3 +275,22 @@ def test_tic_uses_the_exact_ggn_diagonal_for_large_models(monkeypatch):
     records, refs = _run(model, loss_fn, opt, batches[:2], ["tic_diag"], reference)
     for rec, ref in zip(records, refs):
         assert rec.scalars["tic_diag"] == pytest.approx(ref, rel=1e-8)
+
+
+def test_ggn_diagonal_failure_is_explained(monkeypatch):
+    from trainspect.providers.hvp import HessianDiagonal
+
+    monkeypatch.setattr(HessianDiagonal, "exact_max_dim", 0)
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(5, 4), nn.BatchNorm1d(4), nn.Linear(4, 3)).double()  # mixes samples
+    loss_fn = nn.CrossEntropyLoss()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    inspector = trainspect.attach(model, opt, loss_fn, store=False, progress=False,
+                                  instruments={"tic_diag": 1}, checks=None)
+    x, y = torch.randn(8, 5, dtype=torch.float64), torch.randint(0, 3, (8,))
+    with pytest.warns(RuntimeWarning, match="tic_diag"):
+        with inspector.step(x, y):
+            loss_fn(model(x), y).backward()
+        opt.step()
+    inspector.close()
+    assert "exact_max_dim" in inspector.errors[0]["message"]

@@ -37,6 +37,8 @@ class StepContext:
         loss_reduction: ``"mean"`` or ``"sum"``: how the loss combines per-sample losses.
         model_output, loss_target: the loss function's arguments, when captured from a loss module.
         values: the named values computed so far this step.
+        extras: non-numeric results an instrument hands to the checks this step (e.g. the name of the first
+            module whose output became non-finite); not recorded as series.
         num_micro_batches: how many micro-batches (losses) this optimizer step accumulated (gradient
             accumulation: ``inputs``/``targets``/``model_output``/``loss_target`` then hold all of them,
             concatenated, and ``loss`` is the loss of the whole step).
@@ -60,6 +62,7 @@ class StepContext:
         self.scheduled_instruments: list = []  # due by schedule, disabled ones included (same on every rank)
         self.needed_providers: set[str] = set()
         self.values: dict[str, Any] = {}
+        self.extras: dict[str, Any] = {}
         self.optimizer_stepped = False
         self.t_enter = time.perf_counter()
         self.t_optimizer: float | None = None

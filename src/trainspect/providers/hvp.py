@@ -185,7 +185,18 @@ class HessianDiagonal(Provider):
             flat = exact_diagonal(op.matmat, op.dim, dtype=basis_dtype(op.dim, op.dtype), device=op.device)
             diag, kind = unflatten(flat, [p.shape for p in ctx.params]), "hessian"
         else:
-            diag = ggn_diagonal(ctx.model, ctx.inspector.user_loss_fn, ctx.inputs, ctx.targets, ctx.param_names)
+            try:
+                diag = ggn_diagonal(ctx.model, ctx.inspector.user_loss_fn, ctx.inputs, ctx.targets,
+                                    ctx.param_names)
+            except Exception as error:
+                raise RuntimeError(
+                    f"hessian_diagonal: the model has {op.dim} parameters (> exact_max_dim = {self.exact_max_dim}), "
+                    "so the curvature diagonal for TIC is the exact GGN diagonal, which evaluates the model one "
+                    f"sample at a time and failed ({type(error).__name__}: {error}). Models that mix samples "
+                    "(BatchNorm in training mode) or return several outputs need the exact Hessian diagonal: set "
+                    "trainspect.providers.hvp.HessianDiagonal.exact_max_dim above the parameter count "
+                    "(one Hessian-vector product per parameter)"
+                ) from error
             diag, kind = all_reduce_sum(diag), "ggn"
             if world_size() > 1:
                 diag = [d / world_size() for d in diag]
