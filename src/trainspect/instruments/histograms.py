@@ -134,7 +134,7 @@ class GradHist2d(Instrument):
 
     name = "grad_hist_2d"
     requires = ("per_sample_grads",)
-    per_sample_quantities = ("elements",)
+    per_sample_quantities = ("elements", "element_params")
     per_layer = False
     bins = (40, 50)
     series = (

@@ -13,14 +13,15 @@ class GradientElementSample:
 
     Attributes:
         values: [S] float64, the gradient elements (of the per-sample losses' gradients).
-        param_values: [S] float64, the parameter value θ_p[c] at the same coordinate (2-D histograms).
+        param_values: [S] float64, the parameter value θ_p[c] at the same coordinate (2-D histograms);
+            None unless requested (``"element_params"``).
         layer: [S] int64, index p of the tracked parameter each element belongs to.
         weights: [S] float64, how many of the N·D elements each sampled element stands for
             (N·D_p/S_p for the uniform sample of parameter p), so that Σ weights = N·D.
     """
 
     values: torch.Tensor
-    param_values: torch.Tensor
+    param_values: torch.Tensor | None
     layer: torch.Tensor
     weights: torch.Tensor
 
