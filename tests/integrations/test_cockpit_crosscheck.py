@@ -20,18 +20,9 @@ import torch
 from torch import nn
 
 import trainspect
+from tests.integrations.cockpit_reference import Cockpit, extend, linear, quantities
 from trainspect.instruments.histograms import GradHist1d
 from trainspect.store import open_run
-
-try:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        from backpack import extend
-        from cockpit import Cockpit, quantities
-        from cockpit.utils.schedules import linear
-except Exception as error:  # pragma: no cover - depends on the optional extra
-    pytest.skip(f"Cockpit cannot be imported ({type(error).__name__}: {error}); install the `cockpit` test extra "
-                "as described in docs/gradient-statistics.md", allow_module_level=True)
 
 STEPS = 10
 N = 8

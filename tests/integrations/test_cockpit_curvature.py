@@ -13,24 +13,14 @@ import copy
 import warnings
 
 import numpy as np
-import pytest
 import torch
 from torch import nn
 
 import trainspect
 from tests.functional.curvature_cases import dense_hessian
+from tests.integrations.cockpit_reference import Cockpit, extend, linear, quantities
 from trainspect.providers.hvp import HessianExtremeEigenvalues
 from trainspect.store import open_run
-
-try:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        from backpack import extend
-        from cockpit import Cockpit, quantities
-        from cockpit.utils.schedules import linear
-except Exception as error:  # pragma: no cover - depends on the optional extra
-    pytest.skip(f"Cockpit cannot be imported ({type(error).__name__}: {error}); install the `cockpit` test extra "
-                "as described in docs/gradient-statistics.md", allow_module_level=True)
 
 STEPS = 5
 N = 16
