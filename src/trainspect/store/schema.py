@@ -41,13 +41,13 @@ CREATE TABLE IF NOT EXISTS scalars (
     series_id INTEGER NOT NULL REFERENCES series(id),
     step      INTEGER NOT NULL,
     value     REAL,                         -- NULL encodes NaN (SQLite has no NaN)
-    PRIMARY KEY (series_id, step)
+    PRIMARY KEY (step, series_id)           -- step first: one step's rows land on one page (cheap commits)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS vectors (        -- per-layer values: float64 vector over the layers table
     series_id INTEGER NOT NULL REFERENCES series(id),
     step      INTEGER NOT NULL,
     data      BLOB NOT NULL,
-    PRIMARY KEY (series_id, step)
+    PRIMARY KEY (step, series_id)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS histograms (     -- 1-D (y_edges NULL), 2-D histograms; curves (counts=y, x_edges=x)
     series_id INTEGER NOT NULL REFERENCES series(id),
