@@ -79,7 +79,8 @@ class Alpha(Instrument):
             directions.append(pending.direction)
         update = None
         if starting:
-            update = [u.detach() for u in ctx.get("update")]
+            # kept until the next step: copy it (the provider's buffers are reused every step)
+            update = [u.detach().clone() for u in ctx.get("update")]
             directions.append(update)
         if not directions:
             return {}
