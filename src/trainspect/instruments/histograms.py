@@ -39,21 +39,18 @@ def gradient_range(sum_sq: torch.Tensor, count: float) -> tuple[float, float]:
     return -r, r
 
 
-class GradHist1d(Instrument):
-    """1-D histogram of all per-sample gradient elements (sampled estimate by default; see module docstring)."""
+class _GradientHistogram(Instrument):
+    """What both histogram families share: bins/range/exact options and per-layer series named ``<name>:<param>``.
 
-    name = "grad_hist_1d"
+    ``exact=True`` bins every element, so the sampled-element quantities are not requested.
+    """
+
     requires = ("per_sample_grads",)
-    per_sample_quantities = ("elements",)
-    per_layer = False
-    bins = 100
-    series = (
-        SeriesInfo("grad_hist_1d", "histogram", "per-sample gradient elements g_i[d] (all parameters)",
-                   "centred, no spikes at the edges", group="gradients"),
-    )
+    bins: Any = None
+    layer_description = "{}"
+    layer_healthy = ""
 
-    def __init__(self, schedule: Any = None, *, bins: int | None = None, range: tuple[float, float] | None = None,
-                 exact: bool = False):
+    def __init__(self, schedule: Any = None, *, bins: Any = None, range: Any = None, exact: bool = False):
         super().__init__(schedule)
         self.bins = bins or self.bins
         self.range = range
@@ -62,10 +59,27 @@ class GradHist1d(Instrument):
             self.per_sample_quantities = ()
 
     def series_info(self, name: str) -> SeriesInfo:
-        if name.startswith("layer_grad_hist_1d:"):
-            return SeriesInfo(name, "histogram", f"per-sample gradient elements of {name.split(':', 1)[1]}",
-                              "centred", group="gradients")
+        prefix = f"layer_{self.series[0].name}:"
+        if name.startswith(prefix):
+            return SeriesInfo(name, self.series[0].kind, self.layer_description.format(name[len(prefix):]),
+                              self.layer_healthy, group="gradients")
         return super().series_info(name)
+
+
+class GradHist1d(_GradientHistogram):
+    """1-D histogram of all per-sample gradient elements (sampled estimate by default; see module docstring)."""
+
+    name = "grad_hist_1d"
+    per_sample_quantities = ("elements",)
+    per_layer = False
+    bins = 100
+    series = (
+        SeriesInfo("grad_hist_1d", "histogram", "per-sample gradient elements g_i[d] (all parameters)",
+                   "centred, no spikes at the edges", group="gradients"),
+    )
+
+    layer_description = "per-sample gradient elements of {}"
+    layer_healthy = "centred"
 
     def _groups(self, ctx: StepContext) -> list[tuple[str, list[int]]]:
         all_p = list(range(len(ctx.params)))
@@ -129,11 +143,10 @@ def _exact_pairs(ctx: StepContext, members: list[int]):
                     yield block.reshape(-1), theta.unsqueeze(0).expand_as(block).reshape(-1)
 
 
-class GradHist2d(Instrument):
+class GradHist2d(_GradientHistogram):
     """2-D histogram of (per-sample gradient element, parameter value) pairs (Cockpit's ``GradHist2d``)."""
 
     name = "grad_hist_2d"
-    requires = ("per_sample_grads",)
     per_sample_quantities = ("elements", "element_params")
     per_layer = False
     bins = (40, 50)
@@ -142,20 +155,7 @@ class GradHist2d(Instrument):
                    "no structure at the parameter extremes", group="gradients"),
     )
 
-    def __init__(self, schedule: Any = None, *, bins: tuple[int, int] | None = None,
-                 range: tuple[tuple[float, float], tuple[float, float]] | None = None, exact: bool = False):
-        super().__init__(schedule)
-        self.bins = bins or self.bins
-        self.range = range
-        self.exact = exact
-        if exact:
-            self.per_sample_quantities = ()
-
-    def series_info(self, name: str) -> SeriesInfo:
-        if name.startswith("layer_grad_hist_2d:"):
-            return SeriesInfo(name, "histogram2d", f"gradient element vs parameter value of {name.split(':', 1)[1]}",
-                              "", group="gradients")
-        return super().series_info(name)
+    layer_description = "gradient element vs parameter value of {}"
 
     def compute(self, ctx: StepContext) -> dict[str, Any]:
         stats = ctx.get("per_sample_grads")
