@@ -79,8 +79,8 @@ class Alpha(Instrument):
             directions.append(pending.direction)
         update = None
         if starting:
-            # kept until the next step: copy it (the provider's buffers are reused every step)
-            update = [u.detach().clone() for u in ctx.get("update")]
+            # needed again at the next step: the provider's buffers stay valid until then (they alternate)
+            update = ctx.get("update")
             directions.append(update)
         if not directions:
             return {}

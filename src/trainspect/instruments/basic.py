@@ -13,6 +13,7 @@ import torch
 
 from trainspect.engine.values import SeriesInfo
 from trainspect.instruments.base import Instrument
+from trainspect.providers.snapshots import difference_norms
 
 if TYPE_CHECKING:
     from trainspect.engine.context import StepContext
@@ -135,18 +136,8 @@ class DistanceFromInit(Instrument):
                    group="step_size"),
     )
 
-    def __init__(self, schedule: Any = None):
-        super().__init__(schedule)
-        self._buffers: list[torch.Tensor] | None = None  # reused: no allocation per measurement
-
     def compute(self, ctx: StepContext) -> dict[str, Any]:
-        initial = ctx.get("initial_params")
-        params = [p.detach() for p in ctx.params]
-        if self._buffers is None:
-            self._buffers = [torch.empty_like(p) for p in params]
-        torch._foreach_copy_(self._buffers, params)
-        torch._foreach_sub_(self._buffers, initial)
-        norms = torch.stack(torch._foreach_norm(self._buffers)).to(torch.float64)
+        norms = difference_norms([p.detach() for p in ctx.params], ctx.get("initial_params"))
         return {"distance": _global(norms), "layer_distance": norms}
 
 

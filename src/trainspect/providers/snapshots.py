@@ -26,6 +26,44 @@ def _norms(tensors: list[torch.Tensor]) -> torch.Tensor:
     return torch.stack(torch._foreach_norm(tensors)).to(torch.float64)
 
 
+#: tensors with at least this many elements get their own fused kernels (one Python call each is cheap next
+#: to their size); smaller ones go through one ``torch._foreach_*`` call for all of them
+_LARGE = 1 << 16
+
+
+def difference_norms(a: list[torch.Tensor], b: list[torch.Tensor]) -> torch.Tensor:
+    """‖a_l − b_l‖₂ per tensor pair, as one float64 vector, without keeping the differences.
+
+    A large tensor takes one ``torch.dist`` (one pass over both operands); copying into a buffer, subtracting
+    and taking the norm would be three. The small ones share one foreach subtraction and norm.
+    """
+    if not a:
+        return torch.zeros(0, dtype=torch.float64)
+    out: list[torch.Tensor | None] = [None] * len(a)
+    small = [i for i, t in enumerate(a) if t.numel() < _LARGE]
+    if small:
+        diffs = torch._foreach_sub([a[i] for i in small], [b[i] for i in small])
+        for i, norm in zip(small, torch._foreach_norm(diffs)):
+            out[i] = norm
+    for i, t in enumerate(a):
+        if out[i] is None:
+            out[i] = torch.dist(t, b[i])
+    return torch.stack(out).to(torch.float64)  # type: ignore[arg-type]
+
+
+def subtract_into(out: list[torch.Tensor], a: list[torch.Tensor], b: list[torch.Tensor]) -> None:
+    """out_l = a_l − b_l in place: one ``torch.sub(..., out=)`` pass per large tensor (not a copy then a
+    subtraction), one foreach copy and subtraction for the small ones."""
+    small = [i for i, t in enumerate(a) if t.numel() < _LARGE]
+    if small:
+        dst = [out[i] for i in small]
+        torch._foreach_copy_(dst, [a[i] for i in small])
+        torch._foreach_sub_(dst, [b[i] for i in small])
+    for i, t in enumerate(a):
+        if t.numel() >= _LARGE:
+            torch.sub(t, b[i], out=out[i])
+
+
 class Gradients(Provider):
     """The mini-batch gradients ``p.grad`` of the tracked parameters, as the optimizer will see them.
 
@@ -106,8 +144,10 @@ class Update(Provider):
     """The update actually taken, Δθ_t = θ_{t+1} − θ_t, whatever the optimizer (momentum, Adam, decay).
 
     Written into buffers kept for the whole run: a fresh 1.3 M-parameter tensor per step cost ~1 ms here
-    (allocation and page faults), 4x the subtraction itself. So the tensors are valid during this step only;
-    a consumer that keeps the update (alpha, until the next step) copies it.
+    (allocation and page faults), 4x the subtraction itself. Two sets of buffers alternate, so the tensors
+    stay valid during this step *and the next step on which the update is computed*: a consumer that needs
+    the update one step later (alpha: the next batch along the same direction) reads it without a copy.
+    Anything kept longer must be copied.
     """
 
     name = "update"
@@ -115,31 +155,38 @@ class Update(Provider):
 
     def __init__(self, inspector: Inspector):
         super().__init__(inspector)
-        self._buffers: list[torch.Tensor] | None = None
+        self._buffers: list[list[torch.Tensor]] = []
+        self._next = 0
 
     def compute(self, ctx: StepContext) -> list[torch.Tensor]:
         if ctx.phase != "update" or not ctx.optimizer_stepped:
             raise NotAvailable("no update this step: optimizer.step() did not run (or was skipped)")
         before = ctx.get("params_before_update")
         params = [p.detach() for p in ctx.params]
-        if self._buffers is None:
-            self._buffers = [torch.empty_like(p) for p in params]
-        torch._foreach_copy_(self._buffers, params)
-        torch._foreach_sub_(self._buffers, before)
-        return self._buffers
+        if len(self._buffers) < 2:
+            self._buffers.append([torch.empty_like(p) for p in params])
+        buffers = self._buffers[self._next % len(self._buffers)]
+        self._next += 1
+        subtract_into(buffers, params, before)
+        return buffers
 
     def close(self) -> None:
-        self._buffers = None
+        self._buffers = []
 
 
 class UpdateNorms(Provider):
-    """Per-parameter update norms ‖θ_{t+1,l} − θ_{t,l}‖₂."""
+    """Per-parameter update norms ‖θ_{t+1,l} − θ_{t,l}‖₂ (from the update if a due instrument needs it anyway,
+    else straight from the parameters and the snapshot, without writing the difference)."""
 
     name = "update_norms"
-    requires = ("update",)
+    requires = ("params_before_update",)
 
     def compute(self, ctx: StepContext) -> torch.Tensor:
-        return _norms(ctx.get("update"))
+        if ctx.phase != "update" or not ctx.optimizer_stepped:
+            raise NotAvailable("no update this step: optimizer.step() did not run (or was skipped)")
+        if "update" in ctx.needed_providers:
+            return _norms(ctx.get("update"))
+        return difference_norms([p.detach() for p in ctx.params], ctx.get("params_before_update"))
 
 
 class InitialParameters(Provider):

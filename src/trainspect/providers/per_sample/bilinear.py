@@ -18,7 +18,7 @@ from collections.abc import Iterator
 
 import torch
 
-from trainspect.providers.per_sample.layer import DEFAULT_MEMORY_CAP, LayerStatistics
+from trainspect.providers.per_sample.layer import DEFAULT_MEMORY_CAP, LayerStatistics, uniform_indices
 
 
 def concat_positions(tensors: list[torch.Tensor]) -> torch.Tensor:
@@ -162,17 +162,31 @@ class BilinearLayer(LayerStatistics):
 
     def elements(self, local: int, samples: torch.Tensor, coords: torch.Tensor) -> torch.Tensor:
         if self.roles[local] == "bias":
-            return self.bias_grads.reshape(-1).take(samples * self.dout + coords)
+            return self.bias_grads.reshape(-1).index_select(0, samples * self.dout + coords)
         rows, cols = coords // self.din, coords % self.din
-        if self.T == 1:  # flat `take` gathers are several times faster than 2-D advanced indexing on CPU
-            return (self.G.reshape(-1).take(samples * self.dout + rows)
-                    * self.A.reshape(-1).take(samples * self.din + cols))
+        return self._weight_elements(samples, rows, cols)
+
+    def _weight_elements(self, samples: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+        """g_i[o, k] = Σ_t δ_{i,t}[o] a_{i,t}[k] at the pairs (samples, rows o, cols k)."""
+        if self.T == 1:  # flat index_select gathers are several times faster than 2-D advanced indexing on CPU
+            return (self.G.reshape(-1).index_select(0, torch.add(rows, samples, alpha=self.dout))
+                    * self.A.reshape(-1).index_select(0, torch.add(cols, samples, alpha=self.din)))
         out = torch.empty(samples.shape[0], dtype=self.A.dtype, device=self.A.device)
         step = max(1, (2**24) // max(self.T, 1))  # bound the [S, T] gather
         for s in range(0, samples.shape[0], step):
             i, o, k = samples[s:s + step], rows[s:s + step], cols[s:s + step]
             out[s:s + step] = (self.G[i, :, o] * self.A[i, :, k]).sum(1)
         return out
+
+    def sample_elements(self, local: int, count: int, generator: torch.Generator,
+                        device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.roles[local] == "bias":
+            return super().sample_elements(local, count, generator, device)
+        # a uniform coordinate of the Dout×Din weight is a uniform (row, column) pair: no division needed
+        samples = uniform_indices(generator, self.batch_size, count, device)
+        rows = uniform_indices(generator, self.dout, count, device)
+        cols = uniform_indices(generator, self.din, count, device)
+        return self._weight_elements(samples, rows, cols), torch.add(cols, rows, alpha=self.din)
 
     def chunks(self, local: int) -> Iterator[torch.Tensor]:
         if self.roles[local] == "bias":

@@ -10,6 +10,7 @@ parameters, without materializing the N×D per-sample gradients where the layer'
 * ``sum_grads_squared``    Σ_i g_{i,p}² element-wise         (list)
 * ``project(dirs)``        g_{i,p}ᵀ v_{p}  for each direction ([N, k, K])
 * ``elements(p, i, c)``    g_{i,p}[c] for sampled (sample, coordinate) pairs (1-D)
+* ``sample_elements(p, S)`` S elements at uniformly drawn (sample, coordinate) pairs (and the coordinates)
 * ``chunks(p)``            the per-sample gradients of θ_p, a few samples at a time (exact histograms)
 """
 
@@ -21,6 +22,11 @@ import torch
 
 #: default memory cap (bytes) for a materialized block of per-sample gradients
 DEFAULT_MEMORY_CAP = 256 * 2**20
+
+
+def uniform_indices(generator: torch.Generator, high: int, count: int, device: torch.device) -> torch.Tensor:
+    """``count`` independent uniform integers in [0, high) (int64, drawn on the CPU, moved to ``device``)."""
+    return torch.randint(0, high, (count,), generator=generator).to(device)
 
 
 class LayerStatistics:
@@ -51,6 +57,18 @@ class LayerStatistics:
 
     def elements(self, local: int, samples: torch.Tensor, coords: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
+
+    def sample_elements(self, local: int, count: int, generator: torch.Generator,
+                        device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """``count`` elements g_{i,p}[c] at independent uniform pairs (i, c); returns (values, coordinates c).
+
+        A handler may draw the pairs in its own coordinates (e.g. row and column of a weight matrix) as long
+        as every pair is equally likely; this default draws (i, c) and calls :meth:`elements`.
+        """
+        numel = self.shapes[local].numel()
+        samples = uniform_indices(generator, self.batch_size, count, device)
+        coords = uniform_indices(generator, numel, count, device)
+        return self.elements(local, samples, coords), coords
 
     def chunks(self, local: int) -> Iterator[torch.Tensor]:
         raise NotImplementedError
@@ -126,7 +144,10 @@ class ExplicitLayer(LayerStatistics):
 
     def elements(self, local: int, samples: torch.Tensor, coords: torch.Tensor) -> torch.Tensor:
         if self.grads is not None:
-            return self.grads[local].flatten(1)[samples, coords]
+            g = self.grads[local]
+            if g.is_contiguous():  # a flat index_select is several times faster than 2-D advanced indexing
+                return g.reshape(-1).index_select(0, samples * (g.numel() // max(g.shape[0], 1)) + coords)
+            return g.flatten(1)[samples, coords]
         out = torch.empty(samples.shape[0], dtype=torch.float64)
         start = 0
         for block in self._blocks():

@@ -348,30 +348,46 @@ class PerSampleGradients(Provider):
         n = layers.batch_size
         numels = [p.numel() for p in ctx.params]
         total_numel = sum(numels)
-        values, pvals, layer, weights = [], [], [], []
+        # 2-D histograms (40×50 bins) get 4x the samples of the 1-D ones (100 bins) for the same accuracy
+        factor = 4 if with_params else 1
+        values, pvals, layer_ids, counts, weights = [], [], [], [], []
         for h in layers.handlers:
             for loc, idx in enumerate(h.param_indices):
                 numel = numels[idx]
                 total = n * numel
-                # 2-D histograms (40×50 bins) get 4x the samples of the 1-D ones (100 bins) for the same accuracy
-                factor = 4 if with_params else 1
                 budget = factor * max(self.histogram_min_samples, round(self.histogram_samples * numel / total_numel))
-                if total <= budget:
-                    flat = torch.arange(total)
-                    samples, coords = flat // numel, flat % numel
-                else:
-                    samples = torch.randint(0, n, (budget,), generator=gen)
-                    coords = torch.randint(0, numel, (budget,), generator=gen)
                 dev = ctx.params[idx].device
-                samples, coords = samples.to(dev), coords.to(dev)
-                v = h.elements(loc, samples, coords)
-                values.append(v.to(torch.float64).cpu())
+                if total <= budget:
+                    samples, coords = self._all_pairs(n, numel, dev)
+                    v = h.elements(loc, samples, coords)
+                else:
+                    v, coords = h.sample_elements(loc, budget, gen, dev)
+                values.append(v.to(torch.float64))
                 if with_params:  # only the 2-D histograms need θ at the sampled coordinates
-                    pvals.append(ctx.params[idx].detach().reshape(-1).take(coords).to(torch.float64).cpu())
-                layer.append(torch.full((v.shape[0],), idx, dtype=torch.int64))
-                weights.append(torch.full((v.shape[0],), total / v.shape[0], dtype=torch.float64))
-        return GradientElementSample(torch.cat(values), torch.cat(pvals) if with_params else None, torch.cat(layer),
-                                     torch.cat(weights))
+                    pvals.append(ctx.params[idx].detach().reshape(-1).index_select(0, coords).to(torch.float64))
+                layer_ids.append(idx)
+                counts.append(v.shape[0])
+                weights.append(total / v.shape[0])
+        # per-element layer index and weight: constant runs (fills are far cheaper than repeat_interleave)
+        total_count = sum(counts)
+        layer = torch.empty(total_count, dtype=torch.int64)
+        weight = torch.empty(total_count, dtype=torch.float64)
+        start = 0
+        for idx, count, w in zip(layer_ids, counts, weights):
+            layer[start:start + count] = idx
+            weight[start:start + count] = w
+            start += count
+        return GradientElementSample(torch.cat(values).cpu(), torch.cat(pvals).cpu() if with_params else None,
+                                     layer, weight)
+
+    def _all_pairs(self, n: int, numel: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """Every (sample, coordinate) pair of a parameter with at most its budget of N·D elements (cached)."""
+        cache = self.__dict__.setdefault("_pairs", {})
+        key = (n, numel, device)
+        if key not in cache:
+            flat = torch.arange(n * numel, device=device)
+            cache[key] = (flat // numel, flat % numel)
+        return cache[key]
 
 
 class PerSampleLosses(Provider):
