@@ -18,8 +18,12 @@ RTOL = 1e-5
 INSTRUMENTS = ["norm_test", "inner_test", "ortho_test", "mean_gsnr", "cabs", "early_stopping", "alpha"]
 
 
-def train(kind: str, reduction: str, tmp_path, optimizer_name: str = "sgd", steps: int = 3, n: int = 6):
-    """Run the engine for a few steps; return the run and the brute-force reference of every step."""
+def train(kind: str, reduction: str, tmp_path, optimizer_name: str = "sgd", steps: int = 3, n: int = 6,
+          clip: float | None = None, inspectors: list | None = None):
+    """Run the engine for a few steps; return the run and the brute-force reference of every step.
+
+    ``clip``: clip the gradient norm after the step's block (the optimizer then steps along another gradient than
+    the per-sample gradients' mean); ``inspectors``: receives the inspector."""
     model, _, _, loss = problem(kind, n)
     loss.reduction = reduction
     batches = [problem(kind, n, seed=s + 1)[1:3] for s in range(steps)]
@@ -28,6 +32,10 @@ def train(kind: str, reduction: str, tmp_path, optimizer_name: str = "sgd", step
         optimizer = torch.optim.SGD(params, lr=0.05)
     elif optimizer_name == "momentum":
         optimizer = torch.optim.SGD(params, lr=0.05, momentum=0.9, weight_decay=1e-3)
+    elif optimizer_name == "heavy-ball":
+        optimizer = torch.optim.SGD(params, lr=0.05, momentum=0.9)
+    elif optimizer_name == "dampened":
+        optimizer = torch.optim.SGD(params, lr=0.05, momentum=0.8, dampening=0.3)
     else:
         optimizer = torch.optim.Adam(params, lr=1e-2)
     run_dir = tmp_path / f"{kind}-{reduction}-{optimizer_name}"
@@ -45,12 +53,16 @@ def train(kind: str, reduction: str, tmp_path, optimizer_name: str = "sgd", step
             with inspector.step(x, y):
                 out = loss(model(x), y)
                 out.backward()
+            if clip is not None:
+                torch.nn.utils.clip_grad_norm_(params, clip)
             optimizer.step()
             update = torch.cat([p.detach().reshape(-1) for p in params]) - before
             refs.append({"g": grads, "losses": losses, "update": update, "loss": out.detach(),
                          "lr": optimizer.param_groups[0]["lr"]})
     inspector.close()
     assert not inspector.errors, inspector.errors[0]["traceback"]
+    if inspectors is not None:
+        inspectors.append(inspector)
     return open_run(run_dir), refs
 
 
@@ -124,6 +136,35 @@ def test_alpha_and_cabs_use_the_update_actually_taken(kind, optimizer_name, tmp_
         mean = r["g"].mean(0)
         expected.append(float(-(mean @ r["update"]) / mean.square().sum()))
     np.testing.assert_allclose(lr_eff, [e for e in expected if e > 0], rtol=1e-4)
+
+
+@pytest.mark.parametrize("optimizer_name", ["sgd", "heavy-ball", "dampened"])
+@pytest.mark.parametrize("kind", ["mlp", "attention", "cnn"])
+def test_alpha_sgd_shortcut_matches_the_reference(kind, optimizer_name, tmp_path):
+    """Plain SGD (with or without momentum): the current update's projections come from the previous one's and
+    the gradient tests' g_iᵀḡ (no second projection); alpha still equals the brute-force reference."""
+    inspectors: list = []
+    steps = 5
+    run, refs = train(kind, "mean", tmp_path, optimizer_name=optimizer_name, steps=steps, inspectors=inspectors)
+    _, alphas = run.scalar("alpha")
+    np.testing.assert_allclose(alphas, [reference_alpha(refs[t], refs[t + 1]) for t in range(len(refs) - 1)],
+                               rtol=RTOL, atol=1e-9)
+    alpha = next(i for i in inspectors[0].instruments if i.name == "alpha")
+    # every start of a pair takes the shortcut (with momentum, from the second step on: it needs a checked d_{t−1})
+    assert alpha.fast_steps == (steps if optimizer_name == "sgd" else steps - 1)
+
+
+@pytest.mark.parametrize("optimizer_name", ["sgd", "heavy-ball"])
+def test_alpha_sgd_shortcut_steps_aside_when_gradients_are_clipped(optimizer_name, tmp_path):
+    """Clipping after the block: the optimizer's gradient is not the per-sample mean, so the shortcut must not be
+    used (the projection is computed), and alpha still equals the reference along the update actually taken."""
+    inspectors: list = []
+    run, refs = train("mlp", "mean", tmp_path, optimizer_name=optimizer_name, steps=4, clip=1e-3,
+                      inspectors=inspectors)
+    _, alphas = run.scalar("alpha")
+    np.testing.assert_allclose(alphas, [reference_alpha(refs[t], refs[t + 1]) for t in range(len(refs) - 1)],
+                               rtol=RTOL, atol=1e-9)
+    assert next(i for i in inspectors[0].instruments if i.name == "alpha").fast_steps == 0
 
 
 def test_effective_learning_rate_of_plain_sgd_is_its_learning_rate():

@@ -19,6 +19,7 @@ landed at the same height on the other side; > 1 overshoots.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -43,6 +44,9 @@ class _Start:
     var_f0: float
     df0: float
     var_df0: float
+    #: per tracked parameter, the learning rate lr_p for which the update was checked to be d_p = −lr_p·b_p
+    #: (b: SGD's momentum buffer, or the gradient without momentum); None if unchecked or not plain SGD
+    sgd_lr: torch.Tensor | None = None
 
 
 def _mean_var(total: torch.Tensor, total_sq: torch.Tensor, n: float) -> tuple[float, float]:
@@ -52,12 +56,80 @@ def _mean_var(total: torch.Tensor, total_sq: torch.Tensor, n: float) -> tuple[fl
     return mean, max(var, 0.0)
 
 
+@dataclass
+class _SGD:
+    """Per tracked parameter: learning rate, momentum μ, dampening τ and the buffers d = −lr·b was checked with."""
+
+    lr: torch.Tensor
+    momentum: torch.Tensor
+    dampening: torch.Tensor
+    buffers: list[torch.Tensor]
+
+
+#: relative size of ‖d − (−lr·b)‖ up to which the update counts as SGD's: float32 rounding of θ + Δ leaves
+#: ~eps·‖θ‖ ≈ 1e-4·‖d‖ at an update-to-weight ratio of 1e-3; anything that changed the step (clipping after
+#: the hook, a scheduler inside the step, a custom rule) is far above
+SGD_TOLERANCE = 1e-3
+
+
+def _plain_sgd(ctx: StepContext) -> _SGD | None:
+    """``torch.optim.SGD`` without weight decay, Nesterov or maximize, with every tracked parameter in it."""
+    optimizer = ctx.optimizer
+    if type(optimizer) is not torch.optim.SGD:
+        return None
+    group_of = {id(p): g for g in optimizer.param_groups for p in g["params"]}
+    lr, momentum, dampening, buffers = [], [], [], []
+    for p in ctx.params:
+        group = group_of.get(id(p))
+        if group is None or group.get("weight_decay", 0) != 0 or group.get("nesterov") or group.get("maximize"):
+            return None
+        lr.append(float(group["lr"]))
+        momentum.append(float(group.get("momentum", 0.0)))
+        dampening.append(float(group.get("dampening", 0.0)))
+        b = optimizer.state.get(p, {}).get("momentum_buffer") if momentum[-1] != 0 else p.grad
+        if b is None:
+            return None
+        buffers.append(b.detach())
+    f64 = torch.float64
+    return _SGD(torch.tensor(lr, dtype=f64), torch.tensor(momentum, dtype=f64), torch.tensor(dampening, dtype=f64),
+                buffers)
+
+
+def _is_sgd_update(update: list[torch.Tensor], sgd: _SGD, length: float) -> bool:
+    """Whether the update taken is d_p = −lr_p·b_p (to :data:`SGD_TOLERANCE`): one pass over the parameters."""
+    if length <= 0:
+        return False
+    lrs = sgd.lr.tolist()
+    if all(v == lrs[0] for v in lrs):
+        residual = torch._foreach_add(update, sgd.buffers, alpha=lrs[0])
+    else:
+        residual = [torch.add(u, b, alpha=v) for u, b, v in zip(update, sgd.buffers, lrs)]
+    norm = float(torch.stack(torch._foreach_norm(residual)).to(torch.float64).square().sum().sqrt())
+    return math.isfinite(norm) and norm <= SGD_TOLERANCE * length
+
+
 class Alpha(Instrument):
-    """Normalized step length α of the update actually taken (any optimizer)."""
+    """Normalized step length α of the update actually taken (any optimizer).
+
+    Cost: the per-sample projections g_iᵀd (``project_per_sample``: as much as a forward pass through the layers
+    per direction) along the previous and the current update. For plain ``torch.optim.SGD`` (with or without
+    heavy-ball momentum and dampening; no weight decay or Nesterov) the current one follows from the previous
+    one and the gradient tests' projections g_iᵀḡ, when those are computed this step anyway: with momentum
+    buffer b_t = μ b_{t−1} + (1−τ)∇L_t and update d_t = −lr_t b_t,
+
+        g_iᵀd_t = −lr_t (−μ g_iᵀd_{t−1}/lr_{t−1} + (1−τ) g_iᵀ∇L_t)   per parameter tensor,
+
+    so each step costs one projection instead of two (Cockpit's own alpha has a fast path for SGD without
+    momentum). It is used only after checking, at both steps, that the update taken really was −lr·b (one pass
+    over the parameters), and that ∇L is the per-sample gradients' mean (or sum) as the tests saw it (their
+    norms agree); otherwise, e.g. with gradient clipping or a custom update, the projection is computed.
+    ``fast_steps`` counts the steps that took this path.
+    """
 
     name = "alpha"
     requires = ("per_sample_layers", "per_sample_losses", "update")
     after_update = True
+    keeps_update = True  # reads this step's update again at the next step (the provider keeps it valid)
     series = (
         SeriesInfo("alpha", "scalar", "normalized step length α of the previous step's update (Cockpit)",
                    "around 0 (−1: no progress, > 1: overshooting)", group="step_size"),
@@ -66,6 +138,7 @@ class Alpha(Instrument):
     def __init__(self, schedule: Any = None):
         super().__init__(schedule)
         self._start: _Start | None = None
+        self.fast_steps = 0
 
     def is_due(self, step: int) -> bool:
         return self.schedule(step) or (self._start is not None and self._start.step == step - 1)
@@ -74,25 +147,31 @@ class Alpha(Instrument):
         pending = self._start if self._start is not None and self._start.step == ctx.step - 1 else None
         self._start = None
         starting = self.schedule(ctx.step)
+        if pending is None and not starting:
+            return {}
+        update = ctx.get("update") if starting else None  # valid until the next step (the buffers alternate)
+        length = _norm(update) if update is not None else 0.0
+        sgd = _plain_sgd(ctx) if update is not None else None
+        sgd_lr = sgd.lr if sgd is not None and _is_sgd_update(update, sgd, length) else None
+        fast = self._from_previous(ctx, pending, sgd) if sgd is not None and sgd_lr is not None else None
         directions = []
         if pending is not None:
             directions.append(pending.direction)
-        update = None
-        if starting:
-            # needed again at the next step: the provider's buffers stay valid until then (they alternate)
-            update = ctx.get("update")
+        if update is not None and fast is None:
             directions.append(update)
-        if not directions:
-            return {}
         losses = ctx.get("per_sample_losses")
-        proj = project_per_sample(ctx, directions).sum(1)  # [N, K]: g_iᵀd over all parameters
+        proj = project_per_sample(ctx, directions) if directions else None  # [N, P, K]: g_{i,p}ᵀd_p
+        columns = [] if proj is None else [proj[:, :, k].sum(1) for k in range(proj.shape[2])]
+        if fast is not None:
+            columns.append(fast(proj[:, :, 0] if pending is not None else None))
+            self.fast_steps += 1
         lengths = []
         if pending is not None:
             lengths.append(pending.length)
         if update is not None:
-            lengths.append(float(torch.stack(torch._foreach_norm(update)).to(torch.float64).square().sum().sqrt()))
+            lengths.append(length)
         scale = torch.tensor([1.0 / v if v > 0 else 0.0 for v in lengths], dtype=torch.float64)
-        slopes = proj * scale  # g_iᵀd/‖d‖
+        slopes = torch.stack(columns, 1) * scale  # g_iᵀd/‖d‖
         sums = all_reduce_sum([
             losses.sum().reshape(1), losses.square().sum().reshape(1),
             torch.tensor([float(losses.shape[0])], dtype=torch.float64),
@@ -111,5 +190,40 @@ class Alpha(Instrument):
             k += 1
         if update is not None:
             df0, var_df0 = _mean_var(sums[3][k], sums[4][k], n)
-            self._start = _Start(ctx.step, update, lengths[-1], f, var_f, df0, var_df0)
+            self._start = _Start(ctx.step, update, length, f, var_f, df0, var_df0, sgd_lr)
         return out
+
+    def _from_previous(self, ctx: StepContext, pending: _Start | None, sgd: _SGD):
+        """The SGD shortcut for g_iᵀd_t (see the class docstring), as a function of the pending direction's
+        per-parameter projections [N, P]; None where it does not apply this step."""
+        if not ctx.cached("per_sample_grads"):
+            return None
+        stats = ctx.get("per_sample_grads")
+        if stats.proj_mean is None:
+            return None
+        with_momentum = sgd.momentum != 0
+        if bool(with_momentum.any()) and (pending is None or pending.sgd_lr is None):
+            return None  # b_{t−1} = −d_{t−1}/lr_{t−1} is known only if the previous update was checked too
+        # ∇L as the optimizer used it must be the per-sample gradients' mean (mean loss) or sum (sum loss)
+        s = 1.0 if stats.loss_reduction == "mean" else float(stats.batch_size)
+        grad_sq = ctx.get("grad_norms").square()
+        expected = stats.mean_grad_sq_norms * s * s
+        if not torch.allclose(grad_sq, expected, rtol=SGD_TOLERANCE, atol=1e-30):
+            return None
+        pi = stats.proj_mean * s  # [N, P]: g_{i,p}ᵀ∇_p L
+        lr, mu, tau = sgd.lr, sgd.momentum, sgd.dampening
+        previous_lr = pending.sgd_lr if pending is not None else None
+
+        def projection(previous: torch.Tensor | None) -> torch.Tensor:
+            buffer_proj = pi
+            if previous is not None and previous_lr is not None:
+                # g_iᵀb_t = μ g_iᵀb_{t−1} + (1−τ) g_iᵀ∇L, with b_{t−1} = −d_{t−1}/lr_{t−1}; μ = 0: b_t = ∇L
+                momentum_part = -previous / previous_lr.clamp_min(1e-300)
+                buffer_proj = torch.where(with_momentum, mu * momentum_part + (1 - tau) * pi, pi)
+            return (-lr * buffer_proj).sum(1)
+
+        return projection
+
+
+def _norm(tensors: list[torch.Tensor]) -> float:
+    return float(torch.stack(torch._foreach_norm(tensors)).to(torch.float64).square().sum().sqrt())

@@ -13,7 +13,7 @@ import torch
 
 from trainspect.engine.values import SeriesInfo
 from trainspect.instruments.base import Instrument
-from trainspect.providers.snapshots import difference_norms
+from trainspect.providers.snapshots import subtract_into
 
 if TYPE_CHECKING:
     from trainspect.engine.context import StepContext
@@ -136,8 +136,16 @@ class DistanceFromInit(Instrument):
                    group="step_size"),
     )
 
+    def __init__(self, schedule: Any = None):
+        super().__init__(schedule)
+        self._buffers: list[torch.Tensor] | None = None  # reused: no allocation (and page faults) per measurement
+
     def compute(self, ctx: StepContext) -> dict[str, Any]:
-        norms = difference_norms([p.detach() for p in ctx.params], ctx.get("initial_params"))
+        params = [p.detach() for p in ctx.params]
+        if self._buffers is None:
+            self._buffers = [torch.empty_like(p) for p in params]
+        subtract_into(self._buffers, params, ctx.get("initial_params"))
+        norms = torch.stack(torch._foreach_norm(self._buffers)).to(torch.float64)
         return {"distance": _global(norms), "layer_distance": norms}
 
 

@@ -120,6 +120,7 @@ class LayerGradHist1d(GradHist1d):
     """The 1-D per-sample gradient element histogram of each parameter tensor (series ``layer_grad_hist_1d:<name>``)."""
 
     name = "layer_grad_hist_1d"
+    per_sample_quantities = ("elements", "layer_elements")
     per_layer = True
 
 
@@ -194,4 +195,5 @@ class LayerGradHist2d(GradHist2d):
     """The 2-D histogram per parameter tensor (series ``layer_grad_hist_2d:<name>``)."""
 
     name = "layer_grad_hist_2d"
+    per_sample_quantities = ("elements", "element_params", "layer_elements")
     per_layer = True

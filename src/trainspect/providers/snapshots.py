@@ -31,26 +31,6 @@ def _norms(tensors: list[torch.Tensor]) -> torch.Tensor:
 _LARGE = 1 << 16
 
 
-def difference_norms(a: list[torch.Tensor], b: list[torch.Tensor]) -> torch.Tensor:
-    """‖a_l − b_l‖₂ per tensor pair, as one float64 vector, without keeping the differences.
-
-    A large tensor takes one ``torch.dist`` (one pass over both operands); copying into a buffer, subtracting
-    and taking the norm would be three. The small ones share one foreach subtraction and norm.
-    """
-    if not a:
-        return torch.zeros(0, dtype=torch.float64)
-    out: list[torch.Tensor | None] = [None] * len(a)
-    small = [i for i, t in enumerate(a) if t.numel() < _LARGE]
-    if small:
-        diffs = torch._foreach_sub([a[i] for i in small], [b[i] for i in small])
-        for i, norm in zip(small, torch._foreach_norm(diffs)):
-            out[i] = norm
-    for i, t in enumerate(a):
-        if out[i] is None:
-            out[i] = torch.dist(t, b[i])
-    return torch.stack(out).to(torch.float64)  # type: ignore[arg-type]
-
-
 def subtract_into(out: list[torch.Tensor], a: list[torch.Tensor], b: list[torch.Tensor]) -> None:
     """out_l = a_l − b_l in place: one ``torch.sub(..., out=)`` pass per large tensor (not a copy then a
     subtraction), one foreach copy and subtraction for the small ones."""
@@ -144,10 +124,10 @@ class Update(Provider):
     """The update actually taken, Δθ_t = θ_{t+1} − θ_t, whatever the optimizer (momentum, Adam, decay).
 
     Written into buffers kept for the whole run: a fresh 1.3 M-parameter tensor per step cost ~1 ms here
-    (allocation and page faults), 4x the subtraction itself. Two sets of buffers alternate, so the tensors
-    stay valid during this step *and the next step on which the update is computed*: a consumer that needs
-    the update one step later (alpha: the next batch along the same direction) reads it without a copy.
-    Anything kept longer must be copied.
+    (allocation and page faults), 4x the subtraction itself. So the tensors are valid during this step only,
+    except for an instrument with ``keeps_update = True`` (alpha: it needs the update again at the next step,
+    on the next batch): while one is due, two sets of buffers alternate, so the update stays valid during the
+    next step on which the update is computed too, without a copy.
     """
 
     name = "update"
@@ -163,10 +143,11 @@ class Update(Provider):
             raise NotAvailable("no update this step: optimizer.step() did not run (or was skipped)")
         before = ctx.get("params_before_update")
         params = [p.detach() for p in ctx.params]
-        if len(self._buffers) < 2:
+        sets = 2 if any(getattr(i, "keeps_update", False) for i in ctx.due_instruments) else 1
+        while len(self._buffers) < sets:
             self._buffers.append([torch.empty_like(p) for p in params])
-        buffers = self._buffers[self._next % len(self._buffers)]
-        self._next += 1
+        self._next = (self._next + 1) % sets
+        buffers = self._buffers[self._next]
         subtract_into(buffers, params, before)
         return buffers
 
@@ -175,18 +156,13 @@ class Update(Provider):
 
 
 class UpdateNorms(Provider):
-    """Per-parameter update norms ‖θ_{t+1,l} − θ_{t,l}‖₂ (from the update if a due instrument needs it anyway,
-    else straight from the parameters and the snapshot, without writing the difference)."""
+    """Per-parameter update norms ‖θ_{t+1,l} − θ_{t,l}‖₂."""
 
     name = "update_norms"
-    requires = ("params_before_update",)
+    requires = ("update",)
 
     def compute(self, ctx: StepContext) -> torch.Tensor:
-        if ctx.phase != "update" or not ctx.optimizer_stepped:
-            raise NotAvailable("no update this step: optimizer.step() did not run (or was skipped)")
-        if "update" in ctx.needed_providers:
-            return _norms(ctx.get("update"))
-        return difference_norms([p.detach() for p in ctx.params], ctx.get("params_before_update"))
+        return _norms(ctx.get("update"))
 
 
 class InitialParameters(Provider):

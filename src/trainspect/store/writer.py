@@ -116,8 +116,12 @@ class StoreWriter(Sink):
             self._sql = SqlWriter(conn)
         else:
             conn.close()
+            try:  # the CPUs this (main) thread may run on: the writer moves to the others, if any
+                busy = ",".join(map(str, sorted(os.sched_getaffinity(0))))
+            except (AttributeError, OSError):
+                busy = ""
             self._proc = subprocess.Popen(
-                [sys.executable, "-S", str(_WRITER_SCRIPT), str(self.path)],
+                [sys.executable, "-S", str(_WRITER_SCRIPT), str(self.path), busy],
                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                 env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"},
             )

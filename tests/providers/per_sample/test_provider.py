@@ -121,12 +121,17 @@ def test_sampled_elements_are_the_right_elements(tmp_path, monkeypatch):
     """With sampling (fewer samples than elements) each sampled value is g_i[c] for its (i, c)."""
     monkeypatch.setattr(PerSampleGradients, "histogram_samples", 17)
     monkeypatch.setattr(PerSampleGradients, "histogram_min_samples", 17)
+    monkeypatch.setattr(PerSampleGradients, "histogram_global_min_samples", 17)
     stats, _, ref, *_ = run_one_step("cnn", "mean", tmp_path)
     el = stats.elements
     for p, g in enumerate(ref):
         mask = el.layer == p
         n_el = int(mask.sum())
-        assert n_el == min(4 * 17, g.numel())  # 4x: the grab instrument asks for element_params (2-D)
+        budget = 4 * 17  # 4x: the grab instrument asks for element_params (2-D)
+        n = g.shape[0]
+        # every element if there are at most that many, else ⌈budget/N⌉ coordinates for each of the N samples
+        assert n_el == (g.numel() if g.numel() <= budget else n * -(-budget // n))
+        torch.testing.assert_close(el.weights[mask].sum(), torch.tensor(float(g.numel()), dtype=torch.float64))
         values = set(round(v, 9) for v in g.reshape(-1).tolist())
         assert all(round(v, 9) in values for v in el.values[mask].tolist())
 

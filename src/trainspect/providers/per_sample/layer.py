@@ -29,6 +29,22 @@ def uniform_indices(generator: torch.Generator, high: int, count: int, device: t
     return torch.randint(0, high, (count,), generator=generator).to(device)
 
 
+_STRATA: dict[tuple[int, int, int, str], torch.Tensor] = {}
+
+
+def stratified_samples(batch_size: int, count: int, device: torch.device, scale: int = 1) -> torch.Tensor:
+    """Sample indices 0..N−1, each repeated ⌈count/N⌉ times, times ``scale`` (a row offset); cached, since they
+    are the same every step. The sample size becomes N·⌈count/N⌉."""
+    per_sample = -(-count // batch_size)
+    key = (batch_size, per_sample, scale, str(device))
+    out = _STRATA.get(key)
+    if out is None:
+        if len(_STRATA) > 64:
+            _STRATA.clear()
+        out = _STRATA[key] = torch.arange(batch_size, device=device).mul_(scale).repeat_interleave(per_sample)
+    return out
+
+
 class LayerStatistics:
     """Base class of the per-layer per-sample gradient handlers."""
 
@@ -60,14 +76,15 @@ class LayerStatistics:
 
     def sample_elements(self, local: int, count: int, generator: torch.Generator,
                         device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-        """``count`` elements g_{i,p}[c] at independent uniform pairs (i, c); returns (values, coordinates c).
+        """About ``count`` elements g_{i,p}[c], stratified by sample: ⌈count/N⌉ uniform coordinates c for each
+        sample i (every pair equally likely); returns (values, coordinates c).
 
-        A handler may draw the pairs in its own coordinates (e.g. row and column of a weight matrix) as long
-        as every pair is equally likely; this default draws (i, c) and calls :meth:`elements`.
+        A handler may draw the coordinates in its own terms (e.g. row and column of a weight matrix); this
+        default draws c and calls :meth:`elements`.
         """
         numel = self.shapes[local].numel()
-        samples = uniform_indices(generator, self.batch_size, count, device)
-        coords = uniform_indices(generator, numel, count, device)
+        samples = stratified_samples(self.batch_size, count, device)
+        coords = uniform_indices(generator, numel, samples.shape[0], device)
         return self.elements(local, samples, coords), coords
 
     def chunks(self, local: int) -> Iterator[torch.Tensor]:

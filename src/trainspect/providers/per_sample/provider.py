@@ -42,7 +42,7 @@ if TYPE_CHECKING:
     from trainspect.engine.inspector import Inspector
 
 #: quantities an instrument can ask for with ``per_sample_quantities``
-QUANTITIES = ("sum_grads", "sum_grads_squared", "proj_mean", "elements", "element_params")
+QUANTITIES = ("sum_grads", "sum_grads_squared", "proj_mean", "elements", "element_params", "layer_elements")
 
 
 class ZeroLayer(LayerStatistics):
@@ -260,13 +260,16 @@ class PerSampleGradients(Provider):
 
     Class attributes: ``histogram_samples`` (gradient elements sampled per step for the histogram
     estimate, default 2**16, in proportion to the parameters' sizes) and ``histogram_min_samples`` (at
-    least this many per parameter tensor, default 2**12); four times as many when a 2-D histogram is due.
+    least this many per parameter tensor when a per-layer histogram is due, default 2**12; else
+    ``histogram_global_min_samples``, 2**8); four times as many when a 2-D histogram is due.
     """
 
     name = "per_sample_grads"
     requires = ("per_sample_layers",)
     histogram_samples: int = 2**16
     histogram_min_samples: int = 2**12
+    #: the floor per parameter tensor when only all-parameter histograms are due (no per-layer one)
+    histogram_global_min_samples: int = 2**8
 
     def compute(self, ctx: StepContext) -> PerSampleGradStats:
         layers: PerSampleLayers = ctx.get("per_sample_layers")
@@ -332,17 +335,21 @@ class PerSampleGradients(Provider):
             r = all_reduce_sum([proj.square().sum(0), proj.sum(1).square().sum().reshape(1)])
             stats.proj_mean, stats.sum_proj_mean_sq, stats.sum_proj_mean_total_sq = proj, r[0], r[1][0]
         if "elements" in want:
-            stats.elements = self._sample_elements(ctx, layers, with_params="element_params" in want)
+            stats.elements = self._sample_elements(ctx, layers, with_params="element_params" in want,
+                                                   per_layer="layer_elements" in want)
         return stats
 
     def _sample_elements(self, ctx: StepContext, layers: PerSampleLayers,
-                         with_params: bool = True) -> GradientElementSample:
+                         with_params: bool = True, per_layer: bool = True) -> GradientElementSample:
         """A uniform sample of (sample, coordinate) pairs of each parameter tensor.
 
         ``histogram_samples`` pairs in all, allocated to the parameters in proportion to their size (the
         allocation that makes the all-parameter histogram's estimate a plain uniform sample), but at least
-        ``histogram_min_samples`` per parameter (so that per-layer histograms are usable), and every element
-        of a parameter with fewer than that many (N·D_p ≤ the allocation).
+        ``histogram_min_samples`` per parameter if a per-layer histogram is due (so that it is usable; else
+        ``histogram_global_min_samples``), and every element of a parameter with fewer than that many
+        (N·D_p ≤ the allocation). The pairs are stratified by sample: each of the N samples gets the same
+        number of uniformly drawn coordinates (an unbiased estimate, with no more variance than independent
+        draws of the sample index, and one random draw fewer per element).
         """
         gen = torch.Generator().manual_seed(1_000_003 * (ctx.step + 1))
         n = layers.batch_size
@@ -350,12 +357,13 @@ class PerSampleGradients(Provider):
         total_numel = sum(numels)
         # 2-D histograms (40×50 bins) get 4x the samples of the 1-D ones (100 bins) for the same accuracy
         factor = 4 if with_params else 1
+        floor = self.histogram_min_samples if per_layer else self.histogram_global_min_samples
         values, pvals, layer_ids, counts, weights = [], [], [], [], []
         for h in layers.handlers:
             for loc, idx in enumerate(h.param_indices):
                 numel = numels[idx]
                 total = n * numel
-                budget = factor * max(self.histogram_min_samples, round(self.histogram_samples * numel / total_numel))
+                budget = factor * max(floor, round(self.histogram_samples * numel / total_numel))
                 dev = ctx.params[idx].device
                 if total <= budget:
                     samples, coords = self._all_pairs(n, numel, dev)
