@@ -288,6 +288,9 @@ def peak_memory_extra(problem_key: str, instruments: str, schedule: int, steps: 
         return float("nan")
 
 
+STORE_MODES: dict[str, Any] = {"auto": True, "process": "process", "sync": "sync", "none": False}
+
+
 def economy_rows(args: argparse.Namespace) -> None:
     """Per-sample gradient instruments (issue 3): Cockpit's ``economy`` set every step and every 16 steps,
     trainspect and (where it imports) Cockpit side by side; peak extra memory of trainspect's economy."""
@@ -302,7 +305,7 @@ def economy_rows(args: argparse.Namespace) -> None:
         problem = PROBLEMS[key]()
         for interval in (1, 16):
             r = measure(problem, "economy", schedule=interval, steps=args.economy_steps, block=5, warmup=5,
-                        checks=None)
+                        checks=None, attach_kwargs={"store": STORE_MODES[args.store]})
             memory = peak_memory_extra(key, "economy", interval) if interval == 1 and args.memory else float("nan")
             if interval == 1:
                 ours[key] = r["ratio"]
@@ -363,7 +366,7 @@ def main(argv: list[str] | None = None) -> int:
     for key in args.problems.split(","):
         problem = PROBLEMS[key]()
         for label, instruments, schedule, checks in rows:
-            store = {"auto": True, "process": "process", "sync": "sync", "none": False}[args.store]
+            store = STORE_MODES[args.store]
             r = measure(problem, instruments, schedule=schedule, steps=args.steps, checks=checks,
                         attach_kwargs={"store": store})
             results[(key, label)] = r
