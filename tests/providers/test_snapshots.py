@@ -1,0 +1,80 @@
+"""Gradient norms taken in post-accumulate-grad hooks (large tensors) agree with norms of the final gradients,
+including when the gradient changes after the hooks ran: clipping, accumulation, replacement, AMP-like rescaling."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import trainspect
+from trainspect.providers.snapshots import GradientNorms
+from trainspect.store import open_run
+
+
+def model() -> nn.Module:
+    torch.manual_seed(0)
+    # 300×300 = 90 000 elements: above GradientNorms.hot_min_numel, so its norm comes from the hook
+    return nn.Sequential(nn.Linear(20, 300), nn.Tanh(), nn.Linear(300, 300), nn.Tanh(), nn.Linear(300, 4))
+
+
+@pytest.mark.parametrize("after_backward", ["none", "clip", "scale_in_place", "replace", "accumulate"])
+def test_hot_gradient_norms_equal_the_final_gradients(after_backward, tmp_path):
+    net = model()
+    assert any(p.numel() >= GradientNorms.hot_min_numel for p in net.parameters())
+    opt = torch.optim.SGD(net.parameters(), lr=0.1)
+    loss_fn = nn.CrossEntropyLoss()
+    inspector = trainspect.attach(net, opt, loss_fn, run_dir=tmp_path / "r", instruments=["grad_norm"], checks=None,
+                                  progress=False)
+    hot = inspector.provider("grad_norms")
+    gen = torch.Generator().manual_seed(1)
+    expected = []
+    for _ in range(4):
+        x, y = torch.randn(16, 20, generator=gen), torch.randint(0, 4, (16,), generator=gen)
+        opt.zero_grad()
+        with inspector.step(x, y) as step:
+            if after_backward == "accumulate":  # the hooks fire on every micro-batch; the last one counts
+                for k in range(2):
+                    step.add_batch(x[8 * k:8 * k + 8], y[8 * k:8 * k + 8])
+                    loss_fn(net(x[8 * k:8 * k + 8]), y[8 * k:8 * k + 8]).backward()
+            else:
+                loss_fn(net(x), y).backward()
+            # changes after the hooks ran, inside the block (the gradient phase is at its end)
+            if after_backward == "clip":
+                torch.nn.utils.clip_grad_norm_(net.parameters(), 1e-3)
+            elif after_backward == "scale_in_place":
+                for p in net.parameters():
+                    p.grad.mul_(0.5)
+            elif after_backward == "replace":
+                for p in net.parameters():
+                    p.grad = p.grad * 3.0
+        expected.append([float(p.grad.double().norm()) for p in net.parameters()])
+        opt.step()
+    assert not hot._armed and hot._handles, "the hooks are in place and only armed during steps"
+    inspector.close()
+    assert not inspector.errors
+    layer_norms = open_run(tmp_path / "r").series("layer_grad_norm").values
+    np.testing.assert_allclose(layer_norms, np.array(expected), rtol=1e-5)
+
+
+def test_hot_norms_are_used_when_nothing_changes_the_gradient(tmp_path, monkeypatch):
+    """The hook's value is what the instrument reports (the fallback is not silently always taken)."""
+    net = model()
+    opt = torch.optim.SGD(net.parameters(), lr=0.1)
+    loss_fn = nn.CrossEntropyLoss()
+    inspector = trainspect.attach(net, opt, loss_fn, store=False, instruments=["grad_norm"], checks=None,
+                                  progress=False)
+    calls = []
+    import trainspect.providers.snapshots as snapshots
+
+    real = snapshots._norms
+    monkeypatch.setattr(snapshots, "_norms", lambda ts: calls.append(len(ts)) or real(ts))
+    x, y = torch.randn(16, 20), torch.randint(0, 4, (16,))
+    opt.zero_grad()
+    with inspector.step(x, y):
+        loss_fn(net(x), y).backward()
+    opt.step()
+    inspector.close()
+    big = sum(p.numel() >= GradientNorms.hot_min_numel for p in net.parameters())
+    assert calls == [len(list(net.parameters())) - big]  # only the small ones were read again
