@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -61,6 +62,8 @@ class StepContext:
         self.due_instruments: list = []
         self.scheduled_instruments: list = []  # due by schedule, disabled ones included (same on every rank)
         self.needed_providers: set[str] = set()
+        #: the engine's plan for this step's providers: (needed, with arm, with disarm, with before_update)
+        self.plan: tuple[set[str], list[str], list[str], list[str]] = (set(), [], [], [])
         self.values: dict[str, Any] = {}
         self.extras: dict[str, Any] = {}
         self.optimizer_stepped = False
@@ -77,6 +80,7 @@ class StepContext:
         self._micro_losses: list[tuple[torch.Tensor, int]] = []
         self._micro_outputs: list[tuple[Any, Any]] = []
         self._cache: dict[str, Any] = {}
+        self._loss_value: tuple[Any, float] = (None, math.nan)
         self._failed: dict[str, BaseException] = {}
         self._computing: set[str] = set()
 
@@ -199,6 +203,26 @@ class StepContext:
             self._computing.discard(name)
         self._cache[name] = value
         return value
+
+    def floats(self, name: str) -> list[float]:
+        """Provider ``name``'s 1-D tensor as Python floats, converted once per step (one device sync, and
+        cheap arithmetic for the instruments that need a few scalars from it)."""
+        key = name + ":floats"
+        out = self._cache.get(key)
+        if out is None:
+            out = self._cache[key] = self.get(name).tolist()
+        return out
+
+    @property
+    def loss_value(self) -> float | None:
+        """The step's loss as a float (converted once, and again only if the loss is replaced, e.g. by the
+        global batch's loss under ``torch.distributed``)."""
+        loss = self.loss
+        if loss is None:
+            return None
+        if self._loss_value[0] is not loss:
+            self._loss_value = (loss, float(loss.detach().reshape(())) if isinstance(loss, torch.Tensor) else float(loss))
+        return self._loss_value[1]
 
     def cached(self, name: str) -> bool:
         """Whether provider ``name`` has already been computed this step (to reuse work opportunistically)."""

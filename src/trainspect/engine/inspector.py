@@ -192,6 +192,8 @@ class Inspector:
                     self.instruments.extend(resolve_instruments({inst_name: sched}))
                     have.add(inst_name)
         self._providers: dict[str, Provider] = {}
+        # (needed providers, those with arm / disarm / before_update hooks), per set of due instruments
+        self._plans: dict[tuple[int, ...], tuple[set[str], list[str], list[str], list[str]]] = {}
         self._disabled: set[str] = set()
         self._series_seen: set[str] = set()
         self.findings = FindingsBook()
@@ -405,11 +407,27 @@ class Inspector:
             self._finish(self._pending)
         ctx = StepContext(self, self._step, inputs, targets)
         # what the schedules say (identical on every rank), then without the disabled (may differ by rank)
-        ctx.scheduled_instruments = [i for i in self.instruments if self._is_due(i, ctx.step)]
-        ctx.due_instruments = [i for i in ctx.scheduled_instruments if i.name not in self._disabled]
-        ctx.needed_providers = self._required_providers(ctx.due_instruments)
-        for name in ctx.needed_providers:
-            self._safe(self.provider(name).arm, ctx, source=f"provider:{name}")
+        step = ctx.step
+        try:
+            scheduled = [i for i in self.instruments if i.is_due(step)]
+        except Exception:  # a broken schedule: find it, record it, and leave that instrument out
+            scheduled = [i for i in self.instruments if self._is_due(i, step)]
+        ctx.scheduled_instruments = scheduled
+        disabled = self._disabled
+        ctx.due_instruments = [i for i in scheduled if i.name not in disabled] if disabled else scheduled
+        # the providers a set of due instruments needs, and which of them capture during the step: the same few
+        # sets recur every step, so they are planned once
+        key = tuple(map(id, ctx.due_instruments))
+        plan = self._plans.get(key)
+        if plan is None:
+            needed = self._required_providers(ctx.due_instruments)
+            plan = self._plans[key] = (needed, *(
+                [n for n in needed if getattr(type(self.provider(n)), hook) is not getattr(Provider, hook)]
+                for hook in ("arm", "disarm", "before_update")
+            ))
+        ctx.needed_providers, ctx.plan = plan[0], plan
+        for name in plan[1]:
+            self._safe(self.provider(name).arm, ctx, source="provider:" + name)
         if not self._attached_loss_seen and self._global_loss_hook is None:
             self._global_loss_hook = nn.modules.module.register_module_forward_hook(self._on_any_loss_forward)
         self._ctx = ctx
@@ -464,8 +482,8 @@ class Inspector:
         if ctx.phase == "forward":
             self._gradient_phase(ctx)
         if any(i.after_update for i in ctx.due_instruments):
-            for name in ctx.needed_providers:
-                self._safe(self.provider(name).before_update, ctx, source=f"provider:{name}")
+            for name in ctx.plan[3]:
+                self._safe(self.provider(name).before_update, ctx, source="provider:" + name)
         ctx.t_optimizer = time.perf_counter()
         ctx.overhead_seconds += ctx.t_optimizer - t0
 
@@ -536,8 +554,8 @@ class Inspector:
         return needed
 
     def _disarm(self, ctx: StepContext) -> None:
-        for name in ctx.needed_providers:
-            self._safe(self.provider(name).disarm, ctx, source=f"provider:{name}")
+        for name in ctx.plan[2]:
+            self._safe(self.provider(name).disarm, ctx, source="provider:" + name)
 
     def _run_instruments(
         self, ctx: StepContext, instruments: list[Instrument], scope: _dist.CollectiveScope | None = None
@@ -549,30 +567,32 @@ class Inspector:
         instruments are still enabled.
         """
         status: dict[int, float] = {}
+        values = ctx.values
+        disabled = self._disabled
         for inst in instruments:
-            slot = self._slot_of(inst)
-            if inst.name in self._disabled:
-                status[slot] = _dist.STATUS_FAILED
+            if inst.name in disabled:
+                status[self._slot_of(inst)] = _dist.STATUS_FAILED
                 continue
             if scope is not None:
-                scope.enter(slot)
+                scope.enter(self._slot_of(inst))
             try:
                 out = inst.compute(ctx)
             except NotAvailable:
-                status[slot] = _dist.STATUS_SKIPPED
+                status[self._slot_of(inst)] = _dist.STATUS_SKIPPED
                 continue  # e.g. no update on a step the optimizer skipped: not a failure
             except _dist.PeerFailure:
-                status[slot] = _dist.STATUS_LEFT  # another rank failed or skipped it: decided at the phase end
+                status[self._slot_of(inst)] = _dist.STATUS_LEFT  # another rank failed or skipped it
                 continue
             except Exception as error:
                 if isinstance(error.__cause__, _dist.PeerFailure):  # a provider's collective, via ProviderError
-                    status[slot] = _dist.STATUS_LEFT
+                    status[self._slot_of(inst)] = _dist.STATUS_LEFT
                     continue
                 self._fail(f"instrument:{inst.name}", inst.name, ctx.step, error)
-                status[slot] = _dist.STATUS_FAILED
+                status[self._slot_of(inst)] = _dist.STATUS_FAILED
                 continue
-            for key, value in (out or {}).items():
-                ctx.values[key] = (inst, value)
+            if out:
+                for key, value in out.items():
+                    values[key] = (inst, value)
         return status
 
     def _slot_of(self, inst: Instrument) -> int:
