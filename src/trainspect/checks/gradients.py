@@ -19,6 +19,7 @@ A condition must hold on at least 80 % of the last ``window`` steps (default 10)
 
 from __future__ import annotations
 
+import math
 from collections import deque
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -64,38 +65,44 @@ class GradientScaleCheck(ThresholdCheck):
         self._losses: list[float] = []
         self._recent_losses: deque[float] = deque(maxlen=w)
         self._param_norms: np.ndarray | None = None
+        self._param_norm_list: list[float] | None = None
         self._held_mask: np.ndarray | None = None
         self._base: float | None = None
 
     def observe(self, record: StepRecord, ctx: StepContext) -> list[Finding]:
+        # runs every step: plain Python floats (a handful of layers) cost less than NumPy calls on tiny arrays
         out: list[Finding] = []
         pn = record.layers.get("layer_param_norm")
         if pn is not None:
             self._param_norms = pn
+            self._param_norm_list = pn.tolist()
         loss = record.scalars.get("loss")
-        if loss is not None and np.isfinite(loss):
+        if loss is not None and math.isfinite(loss):
             if len(self._losses) < self.t["baseline_steps"]:
                 self._losses.append(loss)
             self._recent_losses.append(loss)
-        gn = record.layers.get("layer_grad_norm")
-        if gn is None or not np.all(np.isfinite(gn)):
+        gn_array = record.layers.get("layer_grad_norm")
+        if gn_array is None:
             return out
-        held = self._held(ctx)
+        gn = gn_array.tolist()
+        if not math.isfinite(sum(gn)):  # norms are non-negative: the sum is finite iff every norm is
+            return out
+        held = self._held(ctx).tolist()
         # parameters outside the optimizer are never zeroed (their .grad accumulates) and are reported by the
         # parameter-not-in-optimizer check: leave them out of both rules
-        total = float(np.sqrt(np.square(gn[held]).sum()))
+        total = math.sqrt(sum(v * v for v, h in zip(gn, held) if h))
         if len(self._baseline) < self.t["baseline_steps"]:
             self._baseline.append(total)
         self._norms.append(total)
         # weight tensors that get gradient: a tensor with none at all is the no-gradient check's finding
         idx = [i for i in weight_layers(ctx) if held[i] and gn[i] > 0]
-        pn = self._param_norms
-        if len(idx) >= 2 and pn is not None and pn[idx[0]] > 0 and pn[idx[-1]] > 0:
-            first = float(gn[idx[0]]) / float(pn[idx[0]])
-            last = float(gn[idx[-1]]) / float(pn[idx[-1]])
-            if np.isfinite(first) and np.isfinite(last) and last > 0:
+        pn_list = self._param_norm_list
+        if len(idx) >= 2 and pn_list is not None and pn_list[idx[0]] > 0 and pn_list[idx[-1]] > 0:
+            first = gn[idx[0]] / pn_list[idx[0]]
+            last = gn[idx[-1]] / pn_list[idx[-1]]
+            if math.isfinite(first) and math.isfinite(last) and last > 0:
                 self._ratios.append(first / last)
-                out += self._depth(record, ctx, idx, gn, pn)
+                out += self._depth(record, ctx, idx, gn_array, self._param_norms)
         out += self._time(record)
         return out
 

@@ -18,6 +18,7 @@
 
 from __future__ import annotations
 
+import math
 from collections import deque
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -61,13 +62,13 @@ class UpdateCheck(ThresholdCheck):
             self._checked_optimizer = True
             out += self._optimizer_membership(ctx)
         loss = record.scalars.get("loss")
-        if loss is not None and np.isfinite(loss):
+        if loss is not None and math.isfinite(loss):
             if len(self._first_losses) < self.t["baseline_steps"]:
                 self._first_losses.append(loss)
             self._recent_losses.append(loss)
         gn = record.layers.get("layer_grad_norm")
         total = record.scalars.get("grad_norm")
-        if total is not None and np.isfinite(total):
+        if total is not None and math.isfinite(total):
             if len(self._first_grads) < self.t["baseline_steps"]:
                 self._first_grads.append(total)
             self._recent_grads.append(total)

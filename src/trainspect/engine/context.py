@@ -221,7 +221,8 @@ class StepContext:
         if loss is None:
             return None
         if self._loss_value[0] is not loss:
-            self._loss_value = (loss, float(loss.detach().reshape(())) if isinstance(loss, torch.Tensor) else float(loss))
+            value = float(loss.detach().reshape(())) if isinstance(loss, torch.Tensor) else float(loss)
+            self._loss_value = (loss, value)
         return self._loss_value[1]
 
     def cached(self, name: str) -> bool:
