@@ -134,6 +134,35 @@ def test_failing_instrument_is_recorded_once_disabled_and_training_continues(run
         assert list(run.series("loss").steps) == list(range(6))  # the others go on
 
 
+def test_failing_sink_is_recorded_dropped_and_training_continues(run_dir):
+    from trainspect.engine.record import Sink
+
+    class BrokenSink(Sink):
+        def __init__(self):
+            self.steps = []
+
+        def write_step(self, record):
+            self.steps.append(record.step)
+            if record.step == 1:
+                raise OSError("disk full")
+
+    model = tiny_mlp()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    loss_fn = nn.CrossEntropyLoss()
+    broken = BrokenSink()
+    inspector = trainspect.attach(model, optimizer, loss_fn, run_dir=run_dir, instruments=["loss"], checks=None,
+                                  progress=False, sinks=[broken])
+    with pytest.warns(RuntimeWarning, match="BrokenSink"):
+        train(inspector, model, optimizer, loss_fn, batches(4))
+    inspector.close()
+    assert broken.steps == [0, 1]  # dropped after it failed
+    assert [e["source"] for e in inspector.errors] == ["sink:BrokenSink"]
+    assert "OSError: disk full" in inspector.errors[0]["message"]
+    assert "write_step" in inspector.errors[0]["traceback"]  # the sink's own frame, not only the engine's
+    with open_run(run_dir) as run:
+        assert list(run.series("loss").steps) == list(range(4))  # the store goes on
+
+
 def test_instrument_returning_wrong_layer_count_is_an_error_not_a_silent_value(run_dir):
     class WrongLength(Instrument):
         name = "test_wrong_length"

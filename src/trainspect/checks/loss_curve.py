@@ -20,6 +20,7 @@ L₀ = median of the first ``baseline_steps`` (3) losses, so they do not depend 
 
 from __future__ import annotations
 
+import math
 from collections import deque
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -63,7 +64,7 @@ class LossCurveCheck(ThresholdCheck):
 
     def observe(self, record: StepRecord, ctx: StepContext) -> list[Finding]:
         loss = record.scalars.get("loss")
-        if loss is None or not np.isfinite(loss):
+        if loss is None or not math.isfinite(loss):
             return []
         self._steps += 1
         if len(self._first) < self.t["baseline_steps"]:

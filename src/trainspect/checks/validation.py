@@ -17,7 +17,6 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING, Any, ClassVar
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -48,7 +47,7 @@ class ValidationAtChanceCheck(ThresholdCheck):
 
     def observe(self, record: StepRecord, ctx: StepContext) -> list[Finding]:
         loss = record.scalars.get("loss")
-        if loss is not None and np.isfinite(loss):
+        if loss is not None and math.isfinite(loss):
             if len(self._first) < self.t["baseline_steps"]:
                 self._first.append(loss)
             self._recent = [*self._recent[-19:], loss]

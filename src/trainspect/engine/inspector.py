@@ -35,7 +35,7 @@ from trainspect.configurations import resolve_instruments
 from trainspect.engine import distributed as _dist
 from trainspect.engine.context import NotAvailable, StepContext
 from trainspect.engine.record import HistogramValue, Sink, StepRecord
-from trainspect.engine.schedules import ScheduleLike
+from trainspect.engine.schedules import Every, ScheduleLike
 from trainspect.engine.values import Curve, Histogram, Histogram2d, SeriesInfo, to_numpy
 from trainspect.instruments import Instrument
 from trainspect.providers import PROVIDERS, Provider
@@ -409,7 +409,7 @@ class Inspector:
         # what the schedules say (identical on every rank), then without the disabled (may differ by rank)
         step = ctx.step
         try:
-            scheduled = [i for i in self.instruments if i.is_due(step)]
+            scheduled = [i for i in self.instruments if _due(i, step)]
         except Exception:  # a broken schedule: find it, record it, and leave that instrument out
             scheduled = [i for i in self.instruments if self._is_due(i, step)]
         ctx.scheduled_instruments = scheduled
@@ -514,17 +514,23 @@ class Inspector:
             else:
                 self._run_instruments(ctx, due)
             record = self._record(ctx)
+            disabled = self._disabled
             for check in self.checks:
-                if check.name in self._disabled:
+                if disabled and check.name in disabled:
                     continue
                 try:
-                    for finding in check.observe(record, ctx) or ():
-                        self.add_finding(finding, ctx.step)
+                    findings = check.observe(record, ctx)
+                    if findings:
+                        for finding in findings:
+                            self.add_finding(finding, ctx.step)
                 except Exception as error:
                     self._fail(f"check:{check.name}", check.name, ctx.step, error)
             record.overhead_seconds = ctx.overhead_seconds + (time.perf_counter() - t0)
             for sink in self.sinks:
-                self._safe(sink.write_step, record, source=f"sink:{type(sink).__name__}")
+                try:
+                    sink.write_step(record)
+                except Exception:  # recorded, and the sink dropped, by _safe's path
+                    self._safe(_raise_again, source=f"sink:{type(sink).__name__}")
         finally:
             ctx.release()
             self._step += 1
@@ -892,6 +898,20 @@ class Inspector:
             },
             "command": " ".join(sys.argv),
         }
+
+
+def _due(instrument: Instrument, step: int) -> bool:
+    """``instrument.is_due(step)``, with the common case — the base ``is_due`` and an ``every(n)`` schedule —
+    as plain arithmetic (this runs for every instrument on every step)."""
+    schedule = instrument.schedule
+    if type(schedule) is Every and type(instrument).is_due is Instrument.is_due:
+        return step >= schedule.offset and (step - schedule.offset) % schedule.interval == 0
+    return instrument.is_due(step)
+
+
+def _raise_again() -> None:
+    """Re-raise the exception being handled (so that ``_safe`` records it with its traceback)."""
+    raise  # noqa: PLE0704
 
 
 def _store_in_process(store: bool | str) -> bool:
