@@ -529,8 +529,8 @@ class Inspector:
             for sink in self.sinks:
                 try:
                     sink.write_step(record)
-                except Exception:  # recorded, and the sink dropped, by _safe's path
-                    self._safe(_raise_again, source=f"sink:{type(sink).__name__}")
+                except Exception as error:
+                    self._failed_part(f"sink:{type(sink).__name__}", error)
         finally:
             ctx.release()
             self._step += 1
@@ -757,11 +757,15 @@ class Inspector:
         try:
             return fn(*args, **kwargs)
         except Exception as error:
-            name = source.split(":", 1)[-1]
-            self._fail(source, name, self._step, error)
-            if source.startswith("sink:"):
-                self.sinks = [s for s in self.sinks if type(s).__name__ != name]
+            self._failed_part(source, error)
             return None
+
+    def _failed_part(self, source: str, error: BaseException) -> None:
+        """Record a failure of ``source`` (``"kind:name"``) and step it aside; a failed sink is dropped."""
+        name = source.split(":", 1)[-1]
+        self._fail(source, name, self._step, error)
+        if source.startswith("sink:"):
+            self.sinks = [s for s in self.sinks if type(s).__name__ != name]
 
     def _on_any_loss_forward(self, module: nn.Module, args: Any, output: Any) -> None:
         if isinstance(module, nn.modules.loss._Loss) and module is not self._user_loss_fn:
@@ -907,11 +911,6 @@ def _due(instrument: Instrument, step: int) -> bool:
     if type(schedule) is Every and type(instrument).is_due is Instrument.is_due:
         return step >= schedule.offset and (step - schedule.offset) % schedule.interval == 0
     return instrument.is_due(step)
-
-
-def _raise_again() -> None:
-    """Re-raise the exception being handled (so that ``_safe`` records it with its traceback)."""
-    raise  # noqa: PLE0704
 
 
 def _store_in_process(store: bool | str) -> bool:

@@ -95,16 +95,14 @@ def _plain_sgd(ctx: StepContext) -> _SGD | None:
                 buffers)
 
 
-def _is_sgd_update(update: list[torch.Tensor], sgd: _SGD, length: float) -> bool:
-    """Whether the update taken is d_p = −lr_p·b_p (to :data:`SGD_TOLERANCE`): one pass over the parameters."""
+def _is_sgd_update(update: list[torch.Tensor], sgd: _SGD, length: float, scratch: list[torch.Tensor]) -> bool:
+    """Whether the update taken is d_p = −lr_p·b_p (to :data:`SGD_TOLERANCE`): one pass over the parameters,
+    into ``scratch`` (kept by the instrument: a fresh parameter-sized tensor per step costs page faults)."""
     if length <= 0:
         return False
-    lrs = sgd.lr.tolist()
-    if all(v == lrs[0] for v in lrs):
-        residual = torch._foreach_add(update, sgd.buffers, alpha=lrs[0])
-    else:
-        residual = [torch.add(u, b, alpha=v) for u, b, v in zip(update, sgd.buffers, lrs)]
-    norm = float(torch.stack(torch._foreach_norm(residual)).to(torch.float64).square().sum().sqrt())
+    for u, b, v, r in zip(update, sgd.buffers, sgd.lr.tolist(), scratch):
+        torch.add(u, b, alpha=v, out=r)
+    norm = float(torch.stack(torch._foreach_norm(scratch)).to(torch.float64).square().sum().sqrt())
     return math.isfinite(norm) and norm <= SGD_TOLERANCE * length
 
 
@@ -139,6 +137,7 @@ class Alpha(Instrument):
         super().__init__(schedule)
         self._start: _Start | None = None
         self.fast_steps = 0
+        self._scratch: list[torch.Tensor] | None = None  # the SGD check's residual, reused every step
 
     def is_due(self, step: int) -> bool:
         return self.schedule(step) or (self._start is not None and self._start.step == step - 1)
@@ -152,7 +151,9 @@ class Alpha(Instrument):
         update = ctx.get("update") if starting else None  # valid until the next step (the buffers alternate)
         length = _norm(update) if update is not None else 0.0
         sgd = _plain_sgd(ctx) if update is not None else None
-        sgd_lr = sgd.lr if sgd is not None and _is_sgd_update(update, sgd, length) else None
+        if sgd is not None and self._scratch is None:
+            self._scratch = [torch.empty_like(u) for u in update]
+        sgd_lr = sgd.lr if sgd is not None and _is_sgd_update(update, sgd, length, self._scratch) else None
         fast = self._from_previous(ctx, pending, sgd) if sgd is not None and sgd_lr is not None else None
         directions = []
         if pending is not None:
