@@ -68,8 +68,8 @@ def test_hot_norms_are_used_when_nothing_changes_the_gradient(tmp_path, monkeypa
     calls = []
     import trainspect.providers.snapshots as snapshots
 
-    real = snapshots._norms
-    monkeypatch.setattr(snapshots, "_norms", lambda ts: calls.append(len(ts)) or real(ts))
+    real = snapshots.tensor_norms
+    monkeypatch.setattr(snapshots, "tensor_norms", lambda ts: calls.append(len(ts)) or real(ts))
     x, y = torch.randn(16, 20), torch.randint(0, 4, (16,))
     opt.zero_grad()
     with inspector.step(x, y):

@@ -13,7 +13,7 @@ import torch
 
 from trainspect.engine.values import SeriesInfo
 from trainspect.instruments.base import Instrument
-from trainspect.providers.snapshots import subtract_into
+from trainspect.providers.snapshots import subtract_into, tensor_norms
 
 if TYPE_CHECKING:
     from trainspect.engine.context import StepContext
@@ -147,8 +147,8 @@ class DistanceFromInit(Instrument):
         if self._buffers is None:
             self._buffers = [torch.empty_like(p) for p in params]
         subtract_into(self._buffers, params, ctx.get("initial_params"))
-        norms = torch.stack(torch._foreach_norm(self._buffers)).to(torch.float64)
-        return {"distance": _global(norms), "layer_distance": norms}
+        distances = tensor_norms(self._buffers)
+        return {"distance": _global(distances), "layer_distance": distances}
 
 
 class LearningRate(Instrument):

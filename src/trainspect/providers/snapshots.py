@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 import torch
+import torch.optim.optimizer as optimizer_module
 
 from trainspect.engine.context import NotAvailable
 from trainspect.engine.distributed import world_size
@@ -20,11 +21,32 @@ if TYPE_CHECKING:
     from trainspect.engine.inspector import Inspector
 
 
-def _norms(tensors: list[torch.Tensor]) -> torch.Tensor:
-    """Per-tensor 2-norms as one float64 vector (float64 so that huge values do not overflow)."""
+def tensor_norms(tensors: list[torch.Tensor]) -> torch.Tensor:
+    """Per-tensor 2-norms as one float64 vector (float64 so that huge values do not overflow).
+
+    Large contiguous float tensors get ``√(x·x)`` from one ``torch.dot`` each: on CPU it is both faster than
+    ``torch._foreach_norm`` (0.98 vs 1.44 ms over the 3.3 M parameters of 2c2d, 2 cores) and more accurate
+    (relative error 2e-6 vs 1e-4 against float64 on its 3.2 M-element weight: ``_foreach_norm`` accumulates
+    float32 in float32). Both overflow to inf alike once a square exceeds the float32 range.
+    """
     if not tensors:
         return torch.zeros(0, dtype=torch.float64)
-    return torch.stack(torch._foreach_norm(tensors)).to(torch.float64)
+    large = [i for i, t in enumerate(tensors) if _dottable(t)]
+    if not large:
+        return torch.stack(torch._foreach_norm(tensors)).to(torch.float64)
+    out: list[torch.Tensor | None] = [None] * len(tensors)
+    for i in large:
+        flat = tensors[i].view(-1)
+        out[i] = torch.dot(flat, flat).to(torch.float64).sqrt()
+    small = [i for i, v in enumerate(out) if v is None]
+    if small:
+        for i, norm in zip(small, torch._foreach_norm([tensors[i] for i in small])):
+            out[i] = norm.to(torch.float64)
+    return torch.stack(out)  # type: ignore[arg-type]
+
+
+def _dottable(t: torch.Tensor) -> bool:
+    return t.numel() >= _LARGE and t.is_contiguous() and t.dtype in (torch.float32, torch.float64) and not t.is_sparse
 
 
 #: tensors with at least this many elements get their own fused kernels (one Python call each is cheap next
@@ -121,9 +143,9 @@ class GradientNorms(Provider):
                 out[i] = sq.to(torch.float64).sqrt()
         rest = [i for i, v in enumerate(out) if v is None]
         if len(rest) == len(grads):
-            return _norms(grads)
+            return tensor_norms(grads)
         if rest:
-            for i, norm in zip(rest, _norms([grads[i] for i in rest])):
+            for i, norm in zip(rest, tensor_norms([grads[i] for i in rest])):
                 out[i] = norm
         return torch.stack(out)  # type: ignore[arg-type]
 
@@ -145,8 +167,8 @@ class ParameterNorms(Provider):
 
     def compute(self, ctx: StepContext) -> torch.Tensor:
         if ctx.phase == "update":
-            return _norms(ctx.get("params_before_update"))
-        return _norms([p.detach() for p in ctx.params])
+            return tensor_norms(ctx.get("params_before_update"))
+        return tensor_norms([p.detach() for p in ctx.params])
 
 
 class ParametersBeforeUpdate(Provider):
@@ -215,13 +237,76 @@ class Update(Provider):
 
 
 class UpdateNorms(Provider):
-    """Per-parameter update norms ‖θ_{t+1,l} − θ_{t,l}‖₂."""
+    """Per-parameter update norms ‖θ_{t+1,l} − θ_{t,l}‖₂.
+
+    In general from the update Δθ_t (a copy of θ_t before the step, then a subtraction: two passes over the
+    parameters and a third for the norms). For ``torch.optim.SGD`` itself the step is known exactly from its
+    own state, so nothing is copied: with momentum (heavy-ball, any dampening, any weight decay) SGD sets
+    θ_{t+1} = θ_t − lr·b_t with its momentum buffer b_t, so ‖Δθ_l‖ = lr·‖b_l‖; without momentum or weight
+    decay Δθ = −lr·∇L, whose norms are already known. One pass instead of three: on the 784-1000-500-100-10 MLP
+    (2 cores) 0.2 instead of 1.3 ms per step.
+
+    That rule is taken only where it holds by construction: the optimizer is exactly ``torch.optim.SGD`` (not
+    a subclass, which may step differently), without Nesterov, every tracked parameter is in it, no
+    ``GradScaler`` may skip or unscale inside the step, and no other step post-hook may change the parameters
+    after it. Where an update is needed as a tensor anyway this step (``update``: alpha, the curvature
+    instruments), its norms are taken from it. The two agree up to float32 rounding of θ_{t+1}: per entry
+    ulp(θ)/2, negligible unless the update is below the parameters' resolution (update-to-weight ratios of
+    1e-7), where the rounded update taken may differ from the one SGD computed, even be 0.
+    """
 
     name = "update_norms"
-    requires = ("update",)
+
+    def __init__(self, inspector: Inspector):
+        super().__init__(inspector)
+        self._rule: list[tuple[float, bool]] | None = None  # decided before each step
+
+    def before_update(self, ctx: StepContext) -> None:
+        self._rule = None if "update" in ctx.needed_providers else sgd_update_rule(self.inspector)
+        if self._rule is None:
+            ctx.get("params_before_update")  # the general path needs θ_t before the optimizer overwrites it
 
     def compute(self, ctx: StepContext) -> torch.Tensor:
-        return _norms(ctx.get("update"))
+        rule, self._rule = self._rule, None
+        if rule is None or ctx.phase != "update" or not ctx.optimizer_stepped:
+            return tensor_norms(ctx.get("update"))
+        optimizer = self.inspector.optimizer
+        lrs = torch.tensor([lr for lr, _ in rule], dtype=torch.float64)
+        if not any(momentum for _, momentum in rule):
+            # Δθ = −lr·∇L; a parameter without gradient is skipped by SGD (norm 0 either way)
+            return lrs * ctx.get("grad_norms")
+        tensors: list[torch.Tensor] = []
+        for p, (_, momentum) in zip(ctx.params, rule):
+            if p.grad is None:  # SGD skipped it: no update
+                tensors.append(torch.zeros(1, dtype=p.dtype, device=p.device))
+            elif momentum:
+                tensors.append(optimizer.state[p]["momentum_buffer"])
+            else:
+                tensors.append(p.grad.to_dense() if p.grad.is_sparse else p.grad)
+        return lrs * tensor_norms(tensors)
+
+
+def sgd_update_rule(inspector: Inspector) -> list[tuple[float, bool]] | None:
+    """Per tracked parameter ``(lr, uses momentum buffer)`` if the coming ``optimizer.step()`` will be exactly
+    ``torch.optim.SGD``'s θ ← θ − lr·b (b the momentum buffer, or the gradient without momentum and weight
+    decay); None where that cannot be guaranteed (see :class:`UpdateNorms`)."""
+    optimizer = inspector.optimizer
+    if type(optimizer) is not torch.optim.SGD or inspector.grad_scaler is not None:
+        return None
+    own = getattr(optimizer, "_optimizer_step_post_hooks", None)
+    global_hooks = getattr(optimizer_module, "_global_optimizer_post_hooks", None)
+    if own is None or global_hooks is None or len(own) + len(global_hooks) > 1:  # 1: trainspect's own hook
+        return None
+    by_param: dict[int, tuple[float, bool]] = {}
+    for group in optimizer.param_groups:
+        momentum, decay = float(group.get("momentum", 0.0)), float(group.get("weight_decay", 0.0))
+        if group.get("nesterov", False) or (momentum == 0.0 and decay != 0.0):
+            return None
+        lr = float(group["lr"])
+        for p in group["params"]:
+            by_param[id(p)] = (lr, momentum != 0.0)
+    rule = [by_param.get(id(p)) for p in inspector.params]
+    return None if any(r is None for r in rule) else rule  # type: ignore[return-value]
 
 
 class InitialParameters(Provider):
