@@ -90,3 +90,19 @@ def test_near_miss_update_ratio_inside_band(ctx_factory, make_record):
     # the 1-D bias with ratio 1.0 is not a weight matrix and is left out of the band
     assert not _ratio_feed([0.05, 0.08, 0.09], ctx_factory, make_record)
     assert np.isfinite(0.09)
+
+
+def test_group_with_zero_learning_rate_gives_parameter_not_updated(train, data):
+    x, y = data
+    model = mlp()
+    opt = torch.optim.SGD([{"params": model[0].parameters(), "lr": 0.0}, {"params": model[2].parameters()}], lr=0.05)
+    insp = train(model, opt, nn.CrossEntropyLoss(), x, y, steps=31, checks=["updates"])
+    found = {f.location for f in insp.findings if f.code == "parameter-not-updated"}
+    assert found == {"0.weight (Linear)", "0.bias (Linear)"}
+
+
+def test_update_ratio_with_non_finite_measurements(ctx_factory, make_record):
+    """A NaN measurement is left out of the median: two of three large ratios still give update-too-large."""
+    found = _ratio_feed([0.3, float("nan"), 0.25], ctx_factory, make_record)
+    assert [f.location for f in found if f.code == "update-too-large"] == ["l0.weight (Linear)"]
+    assert not [f for f in _ratio_feed([float("nan")] * 3, ctx_factory, make_record) if f.code == "update-too-large"]

@@ -44,13 +44,13 @@ class UpdateCheck(ThresholdCheck):
 
     def __init__(self, **thresholds: float):
         super().__init__(**thresholds)
-        self._ratios: deque[np.ndarray] = deque(maxlen=int(self.t["evaluations"]))
+        self._ratios: deque[list[float]] = deque(maxlen=int(self.t["evaluations"]))
         self._checked_optimizer = False
         self._grad_ever: np.ndarray | None = None
         self._grad_steps = 0
         self._first_losses: list[float] = []
         self._recent_losses: deque[float] = deque(maxlen=20)
-        self._zero_streak: np.ndarray | None = None
+        self._zero_streak: list[int] | None = None
         self._first_grads: list[float] = []
         self._recent_grads: deque[float] = deque(maxlen=10)
         self._seen_too_large = False
@@ -130,47 +130,58 @@ class UpdateCheck(ThresholdCheck):
         ) for i in np.flatnonzero(~self._grad_ever)]
 
     def _update_ratio(self, ratio: np.ndarray, gn: np.ndarray | None, ctx: StepContext) -> list[Finding]:
+        # runs whenever the ratio is measured (every step with every instrument every step): plain Python floats,
+        # since NumPy calls on a vector of a handful of layers cost ~5 µs each here
         out: list[Finding] = []
-        self._ratios.append(ratio)
+        ratios = ratio.tolist()
+        self._ratios.append(ratios)
         # exactly-zero updates of parameters that do get gradient
         # a gradient too small to move float32 weights (vanishing) is not this fault: require ‖g‖/‖θ‖ > 1e-4
-        pn = self._param_norms
-        if gn is not None and pn is not None:
-            with np.errstate(divide="ignore", invalid="ignore"):
-                real = (gn > 0) & ((pn == 0) | (gn > 1e-4 * pn))
+        grads = gn.tolist() if gn is not None else None
+        pn = self._param_norms.tolist() if self._param_norms is not None else None
+        if grads is None:
+            real = [False] * len(ratios)
+        elif pn is None:
+            real = [g > 0 for g in grads]
         else:
-            real = gn > 0 if gn is not None else np.zeros_like(ratio, dtype=bool)
-        zero = (ratio == 0) & real
-        self._zero_streak = zero.astype(int) if self._zero_streak is None else (self._zero_streak + 1) * zero
-        opt = ctx.optimizer
-        held = {id(p) for g in opt.param_groups for p in g["params"]} if opt is not None else set()
-        for i in np.flatnonzero(self._zero_streak == int(self.t["evaluations"])):
-            if id(ctx.params[i]) not in held:
-                continue  # reported as parameter-not-in-optimizer
-            out.append(Finding(
-                code="parameter-not-updated", severity="error",
-                title=f"{ctx.param_names[i]} has a gradient but the optimizer never changes it",
-                explanation=(
-                    f"On {int(self.t['evaluations'])} measurements in a row its update was exactly 0 although its "
-                    "gradient was not: its parameter group has learning rate 0, or the update is masked."
-                ),
-                evidence={"update_to_weight": 0.0, "gradient_norm": float(gn[i]) if gn is not None else None},
-                remedies=("Check the learning rate of its parameter group and the scheduler (lr 0?).",
-                          "If it is meant to be frozen, set requires_grad_(False) instead."),
-                location=param_location(ctx, i),
-            ))
+            real = [g > 0 and (w == 0 or g > 1e-4 * w) for g, w in zip(grads, pn)]
+        zero = [r == 0 and ok for r, ok in zip(ratios, real)]
+        streak = self._zero_streak
+        self._zero_streak = streak = [int(z) for z in zero] if streak is None else [
+            (k + 1) * z for k, z in zip(streak, zero)]
+        evaluations = int(self.t["evaluations"])
+        stuck = [i for i, k in enumerate(streak) if k == evaluations]
+        if stuck:
+            opt = ctx.optimizer
+            held = {id(p) for g in opt.param_groups for p in g["params"]} if opt is not None else set()
+            for i in stuck:
+                if id(ctx.params[i]) not in held:
+                    continue  # reported as parameter-not-in-optimizer
+                out.append(Finding(
+                    code="parameter-not-updated", severity="error",
+                    title=f"{ctx.param_names[i]} has a gradient but the optimizer never changes it",
+                    explanation=(
+                        f"On {evaluations} measurements in a row its update was exactly 0 although its "
+                        "gradient was not: its parameter group has learning rate 0, or the update is masked."
+                    ),
+                    evidence={"update_to_weight": 0.0, "gradient_norm": grads[i] if grads is not None else None},
+                    remedies=("Check the learning rate of its parameter group and the scheduler (lr 0?).",
+                              "If it is meant to be frozen, set requires_grad_(False) instead."),
+                    location=param_location(ctx, i),
+                ))
         if len(self._ratios) < self._ratios.maxlen:  # type: ignore[operator]
             return out
         idx = weight_layers(ctx)
         if not idx:
             return out
-        stack = np.stack(list(self._ratios))[:, idx]
-        with np.errstate(invalid="ignore"):
-            med = np.array([median(col[np.isfinite(col)]) if np.isfinite(col).any() else np.nan
-                            for col in stack.T])
+        window = list(self._ratios)
+        med = []
+        for i in idx:
+            col = [r[i] for r in window if math.isfinite(r[i])]
+            med.append(median(col) if col else math.nan)
         hi, lo = self.t["ratio_high"], self.t["ratio_low"]
         for k, i in enumerate(idx):
-            if np.isfinite(med[k]) and med[k] > hi:
+            if math.isfinite(med[k]) and med[k] > hi:
                 self._seen_too_large = True
                 out.append(Finding(
                     code="update-too-large", severity="warning",
@@ -186,8 +197,9 @@ class UpdateCheck(ThresholdCheck):
                               "Add warmup or gradient clipping."),
                     location=param_location(ctx, i),
                 ))
-        overall = median(med[np.isfinite(med)]) if np.isfinite(med).any() else np.nan
-        if np.isfinite(overall) and overall < lo and self._first_losses and self._recent_losses:
+        finite_med = [m for m in med if math.isfinite(m)]
+        overall = median(finite_med) if finite_med else math.nan
+        if math.isfinite(overall) and overall < lo and self._first_losses and self._recent_losses:
             start = median(self._first_losses)
             now = median(self._recent_losses)
             # small steps because the gradient died (dead units, vanishing) or after steps so large that they
