@@ -259,14 +259,16 @@ class PerSampleGradients(Provider):
     """Sufficient statistics of the per-sample gradients (:class:`.PerSampleGradStats`), all-reduced.
 
     Class attributes: ``histogram_samples`` (gradient elements sampled per step for the histogram
-    estimate, default 2**16, in proportion to the parameters' sizes) and ``histogram_min_samples`` (at
+    estimate, default 2**14, in proportion to the parameters' sizes) and ``histogram_min_samples`` (at
     least this many per parameter tensor when a per-layer histogram is due, default 2**12; else
-    ``histogram_global_min_samples``, 2**8); four times as many when a 2-D histogram is due.
+    ``histogram_global_min_samples``, 2**8); 16 times as many when a 2-D histogram is due.
     """
 
     name = "per_sample_grads"
     requires = ("per_sample_layers",)
-    histogram_samples: int = 2**16
+    histogram_samples: int = 2**14
+    #: the 2-D histogram (40×50 bins) needs more samples than the 1-D one (100 bins) for the same accuracy
+    histogram_2d_factor: int = 16
     histogram_min_samples: int = 2**12
     #: the floor per parameter tensor when only all-parameter histograms are due (no per-layer one)
     histogram_global_min_samples: int = 2**8
@@ -355,8 +357,7 @@ class PerSampleGradients(Provider):
         n = layers.batch_size
         numels = [p.numel() for p in ctx.params]
         total_numel = sum(numels)
-        # 2-D histograms (40×50 bins) get 4x the samples of the 1-D ones (100 bins) for the same accuracy
-        factor = 4 if with_params else 1
+        factor = self.histogram_2d_factor if with_params else 1
         floor = self.histogram_min_samples if per_layer else self.histogram_global_min_samples
         values, pvals, layer_ids, counts, weights = [], [], [], [], []
         for h in layers.handlers:
