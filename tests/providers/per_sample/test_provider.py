@@ -127,7 +127,7 @@ def test_sampled_elements_are_the_right_elements(tmp_path, monkeypatch):
     for p, g in enumerate(ref):
         mask = el.layer == p
         n_el = int(mask.sum())
-        budget = 4 * 17  # 4x: the grab instrument asks for element_params (2-D)
+        budget = PerSampleGradients.histogram_2d_factor * 17  # the grab instrument asks for element_params (2-D)
         n = g.shape[0]
         # every element if there are at most that many, else ⌈budget/N⌉ coordinates for each of the N samples
         assert n_el == (g.numel() if g.numel() <= budget else n * -(-budget // n))
