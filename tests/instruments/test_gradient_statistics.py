@@ -19,11 +19,13 @@ INSTRUMENTS = ["norm_test", "inner_test", "ortho_test", "mean_gsnr", "cabs", "ea
 
 
 def train(kind: str, reduction: str, tmp_path, optimizer_name: str = "sgd", steps: int = 3, n: int = 6,
-          clip: float | None = None, inspectors: list | None = None):
+          clip: float | None = None, inspectors: list | None = None, copies: list | None = None,
+          after_step=None, instruments=INSTRUMENTS):
     """Run the engine for a few steps; return the run and the brute-force reference of every step.
 
     ``clip``: clip the gradient norm after the step's block (the optimizer then steps along another gradient than
-    the per-sample gradients' mean); ``inspectors``: receives the inspector."""
+    the per-sample gradients' mean); ``inspectors``: receives the inspector; ``copies``: receives the steps at which
+    θ_t was copied; ``after_step(step, optimizer)``: called after each ``optimizer.step()``."""
     model, _, _, loss = problem(kind, n)
     loss.reduction = reduction
     batches = [problem(kind, n, seed=s + 1)[1:3] for s in range(steps)]
@@ -36,15 +38,23 @@ def train(kind: str, reduction: str, tmp_path, optimizer_name: str = "sgd", step
         optimizer = torch.optim.SGD(params, lr=0.05, momentum=0.9)
     elif optimizer_name == "dampened":
         optimizer = torch.optim.SGD(params, lr=0.05, momentum=0.8, dampening=0.3)
+    elif optimizer_name == "maximize":
+        optimizer = torch.optim.SGD(params, lr=0.01, momentum=0.9, maximize=True)  # ascent: still a step
+    elif optimizer_name == "nesterov":
+        optimizer = torch.optim.SGD(params, lr=0.05, momentum=0.9, nesterov=True)
     else:
         optimizer = torch.optim.Adam(params, lr=1e-2)
     run_dir = tmp_path / f"{kind}-{reduction}-{optimizer_name}"
-    inspector = trainspect.attach(model, optimizer, loss, run_dir=run_dir, instruments=INSTRUMENTS, checks=None,
+    inspector = trainspect.attach(model, optimizer, loss, run_dir=run_dir, instruments=instruments, checks=None,
                                   progress=False)
+    if copies is not None:
+        snapshot = inspector.provider("params_before_update")
+        real = snapshot.compute
+        snapshot.compute = lambda ctx: copies.append(ctx.step) or real(ctx)
     refs = []
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        for x, y in batches:
+        for step, (x, y) in enumerate(batches):
             grads = torch.cat([g.reshape(n, -1) for g in brute_force_per_sample_grads(model, x, y, loss)], 1)
             with torch.no_grad():
                 losses = torch.stack([loss(model(x[i:i + 1]), y[i:i + 1]) for i in range(n)])
@@ -56,6 +66,8 @@ def train(kind: str, reduction: str, tmp_path, optimizer_name: str = "sgd", step
             if clip is not None:
                 torch.nn.utils.clip_grad_norm_(params, clip)
             optimizer.step()
+            if after_step is not None:
+                after_step(step, optimizer)
             update = torch.cat([p.detach().reshape(-1) for p in params]) - before
             refs.append({"g": grads, "losses": losses, "update": update, "loss": out.detach(),
                          "lr": optimizer.param_groups[0]["lr"]})
@@ -165,6 +177,37 @@ def test_alpha_sgd_shortcut_steps_aside_when_gradients_are_clipped(optimizer_nam
     np.testing.assert_allclose(alphas, [reference_alpha(refs[t], refs[t + 1]) for t in range(len(refs) - 1)],
                                rtol=RTOL, atol=1e-9)
     assert next(i for i in inspectors[0].instruments if i.name == "alpha").fast_steps == 0
+
+
+@pytest.mark.parametrize("optimizer_name", ["sgd", "heavy-ball", "momentum", "maximize", "nesterov", "adam"])
+def test_alpha_follows_sgd_without_copying_the_parameters(optimizer_name, tmp_path):
+    """With torch.optim.SGD (not Nesterov) alpha knows the update from the optimizer: θ_t is never copied, and alpha
+    still equals the reference along the update taken; Nesterov and Adam use the copy."""
+    copies: list = []
+    # CABS is left out: it needs the update as a tensor
+    run, refs = train("mlp", "mean", tmp_path, optimizer_name=optimizer_name, steps=4, copies=copies,
+                      instruments=["norm_test", "inner_test", "ortho_test", "alpha", "update_size"])
+    _, alphas = run.scalar("alpha")
+    assert len(alphas) == len(refs) - 1
+    np.testing.assert_allclose(alphas, [reference_alpha(refs[t], refs[t + 1]) for t in range(len(refs) - 1)],
+                               rtol=RTOL, atol=1e-9)
+    assert copies == ([] if optimizer_name not in ("nesterov", "adam") else list(range(4)))
+
+
+def test_alpha_drops_a_pair_whose_momentum_buffer_was_changed_between_steps(tmp_path):
+    """A momentum buffer changed in place after step 1 (e.g. a restart that rescales the state): the projection
+    along d_1 = −lr·b_1 is no longer possible, so alpha of step 1 is not reported, rather than a wrong number;
+    the other pairs still equal the reference."""
+    def shrink(step, optimizer):
+        if step == 1:
+            for state in optimizer.state.values():
+                state["momentum_buffer"].mul_(0.5)
+
+    run, refs = train("mlp", "mean", tmp_path, optimizer_name="heavy-ball", steps=4, after_step=shrink)
+    steps, alphas = run.scalar("alpha")
+    assert list(steps) == [1, 3]  # the pair (1, 2) is missing
+    # the update of step 1 as SGD took it (before the buffer changed), and the later ones as taken
+    np.testing.assert_allclose(alphas, [reference_alpha(refs[t], refs[t + 1]) for t in (0, 2)], rtol=RTOL, atol=1e-9)
 
 
 def test_effective_learning_rate_of_plain_sgd_is_its_learning_rate():

@@ -62,8 +62,9 @@ class StepContext:
         self.due_instruments: list = []
         self.scheduled_instruments: list = []  # due by schedule, disabled ones included (same on every rank)
         self.needed_providers: set[str] = set()
-        #: the engine's plan for this step's providers: (needed, with arm, with disarm, with before_update)
-        self.plan: tuple[set[str], list[str], list[str], list[str]] = (set(), [], [], [])
+        #: the engine's plan for this step: (needed providers, those with arm, with disarm, with before_update,
+        #: due after-update instruments with before_update)
+        self.plan: tuple[set[str], list[str], list[str], list[str], list[Any]] = (set(), [], [], [], [])
         self.values: dict[str, Any] = {}
         self.extras: dict[str, Any] = {}
         self.optimizer_stepped = False

@@ -424,7 +424,8 @@ class Inspector:
             plan = self._plans[key] = (needed, *(
                 [n for n in needed if getattr(type(self.provider(n)), hook) is not getattr(Provider, hook)]
                 for hook in ("arm", "disarm", "before_update")
-            ))
+            ), [i for i in ctx.due_instruments
+                if i.after_update and type(i).before_update is not Instrument.before_update])
         ctx.needed_providers, ctx.plan = plan[0], plan
         for name in plan[1]:
             self._safe(self.provider(name).arm, ctx, source="provider:" + name)
@@ -484,6 +485,13 @@ class Inspector:
         if any(i.after_update for i in ctx.due_instruments):
             for name in ctx.plan[3]:
                 self._safe(self.provider(name).before_update, ctx, source="provider:" + name)
+            for inst in ctx.plan[4]:
+                if inst.name in self._disabled:
+                    continue
+                try:
+                    inst.before_update(ctx)
+                except Exception as error:
+                    self._fail(f"instrument:{inst.name}", inst.name, ctx.step, error)
         ctx.t_optimizer = time.perf_counter()
         ctx.overhead_seconds += ctx.t_optimizer - t0
 

@@ -19,7 +19,6 @@ landed at the same height on the other side; > 1 overshoots.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -30,6 +29,7 @@ from trainspect.engine.values import SeriesInfo
 from trainspect.functional.batch_tests import alpha_quadratic_fit
 from trainspect.instruments.base import Instrument
 from trainspect.providers.per_sample import project_per_sample
+from trainspect.providers.snapshots import SGDStep, sgd_step, tensor_norms
 
 if TYPE_CHECKING:
     from trainspect.engine.context import StepContext
@@ -37,16 +37,29 @@ if TYPE_CHECKING:
 
 @dataclass
 class _Start:
+    """The first half of a pair, measured at step t along d_t = scale_p · direction_p (per parameter tensor p)."""
+
     step: int
+    #: the update tensor Δθ_t (scale None), SGD's momentum buffers b_t (live: the next step overwrites them in
+    #: place, so they are projected just before it) or a copy of ∇L_t (plain SGD)
     direction: list[torch.Tensor]
+    scale: torch.Tensor | None  # [P] float64 (−lr_p), None for the update tensor itself
+    live: bool
+    versions: list[int] | None  # the live buffers' in-place versions after step t
     length: float
     f0: float
     var_f0: float
     df0: float
     var_df0: float
-    #: per tracked parameter, the learning rate lr_p for which the update was checked to be d_p = −lr_p·b_p
-    #: (b: SGD's momentum buffer, or the gradient without momentum); None if unchecked or not plain SGD
-    sgd_lr: torch.Tensor | None = None
+
+
+@dataclass
+class _Prepared:
+    """What :meth:`Alpha.before_update` found just before the step's ``optimizer.step()``."""
+
+    step: int
+    rule: SGDStep | None  # this step's update is SGD's −lr·b (usable for alpha)
+    pending_projection: torch.Tensor | None  # [N, P] g_{i,p}(θ_t)ᵀ b_{t−1,p}, for a live pending start
 
 
 def _mean_var(total: torch.Tensor, total_sq: torch.Tensor, n: float) -> tuple[float, float]:
@@ -56,76 +69,45 @@ def _mean_var(total: torch.Tensor, total_sq: torch.Tensor, n: float) -> tuple[fl
     return mean, max(var, 0.0)
 
 
-@dataclass
-class _SGD:
-    """Per tracked parameter: learning rate, momentum μ, dampening τ and the buffers d = −lr·b was checked with."""
-
-    lr: torch.Tensor
-    momentum: torch.Tensor
-    dampening: torch.Tensor
-    buffers: list[torch.Tensor]
+#: relative agreement of ‖∇L‖ (as the optimizer used it) with the norms of the per-sample gradients' mean for the
+#: SGD shortcut: float32 noise is far below it, clipping or any other change of the gradient far above
+GRADIENT_TOLERANCE = 1e-3
 
 
-#: relative size of ‖d − (−lr·b)‖ up to which the update counts as SGD's: float32 rounding of θ + Δ leaves
-#: ~eps·‖θ‖ ≈ 1e-4·‖d‖ at an update-to-weight ratio of 1e-3; anything that changed the step (clipping after
-#: the hook, a scheduler inside the step, a custom rule) is far above
-SGD_TOLERANCE = 1e-3
-
-
-def _plain_sgd(ctx: StepContext) -> _SGD | None:
-    """``torch.optim.SGD`` without weight decay, Nesterov or maximize, with every tracked parameter in it."""
-    optimizer = ctx.optimizer
-    if type(optimizer) is not torch.optim.SGD:
+def _usable(rule: SGDStep | None, ctx: StepContext) -> SGDStep | None:
+    """The rule, if alpha can follow the update through it: every tracked parameter has a gradient (SGD skips the
+    others, so b would not be their update), and momentum is on for all (b is the update direction) or off for
+    all (∇L is, without maximize)."""
+    if rule is None or any(p.grad is None for p in ctx.params):
         return None
-    group_of = {id(p): g for g in optimizer.param_groups for p in g["params"]}
-    lr, momentum, dampening, buffers = [], [], [], []
-    for p in ctx.params:
-        group = group_of.get(id(p))
-        if group is None or group.get("weight_decay", 0) != 0 or group.get("nesterov") or group.get("maximize"):
-            return None
-        lr.append(float(group["lr"]))
-        momentum.append(float(group.get("momentum", 0.0)))
-        dampening.append(float(group.get("dampening", 0.0)))
-        b = optimizer.state.get(p, {}).get("momentum_buffer") if momentum[-1] != 0 else p.grad
-        if b is None:
-            return None
-        buffers.append(b.detach())
-    f64 = torch.float64
-    return _SGD(torch.tensor(lr, dtype=f64), torch.tensor(momentum, dtype=f64), torch.tensor(dampening, dtype=f64),
-                buffers)
-
-
-def _is_sgd_update(update: list[torch.Tensor], sgd: _SGD, length: float, scratch: list[torch.Tensor]) -> bool:
-    """Whether the update taken is d_p = −lr_p·b_p (to :data:`SGD_TOLERANCE`): one pass over the parameters,
-    into ``scratch`` (kept by the instrument: a fresh parameter-sized tensor per step costs page faults)."""
-    if length <= 0:
-        return False
-    for u, b, v, r in zip(update, sgd.buffers, sgd.lr.tolist(), scratch):
-        torch.add(u, b, alpha=v, out=r)
-    norm = float(torch.stack(torch._foreach_norm(scratch)).to(torch.float64).square().sum().sqrt())
-    return math.isfinite(norm) and norm <= SGD_TOLERANCE * length
+    if all(rule.momentum) or (not any(rule.momentum) and not any(rule.maximize)):
+        return rule
+    return None
 
 
 class Alpha(Instrument):
     """Normalized step length α of the update actually taken (any optimizer).
 
     Cost: the per-sample projections g_iᵀd (``project_per_sample``: as much as a forward pass through the layers
-    per direction) along the previous and the current update. For plain ``torch.optim.SGD`` (with or without
-    heavy-ball momentum and dampening; no weight decay or Nesterov) the current one follows from the previous
-    one and the gradient tests' projections g_iᵀḡ, when those are computed this step anyway: with momentum
-    buffer b_t = μ b_{t−1} + (1−τ)∇L_t and update d_t = −lr_t b_t,
+    per direction) along the previous and the current update, plus, in general, a copy of θ_t to know the update.
 
-        g_iᵀd_t = −lr_t (−μ g_iᵀd_{t−1}/lr_{t−1} + (1−τ) g_iᵀ∇L_t)   per parameter tensor,
+    For ``torch.optim.SGD`` the update is known from the optimizer itself (``providers.snapshots.sgd_step``: exact
+    by construction, checked before every step), so nothing is copied: d_t = −lr·b_t with the momentum buffer b_t,
+    or d_t = −lr·∇L_t without momentum (kept as a copy of the gradient). The buffer is overwritten in place by the
+    next step, so its projection at θ_{t+1} is taken just before that step (:meth:`before_update`). And the
+    current update's projection follows from it and the gradient tests' g_iᵀḡ when those are computed anyway
+    (no weight decay, no maximize): with b_t = μ b_{t−1} + (1−τ)∇L_t,
 
-    so each step costs one projection instead of two (Cockpit's own alpha has a fast path for SGD without
-    momentum). It is used only after checking, at both steps, that the update taken really was −lr·b (one pass
-    over the parameters), and that ∇L is the per-sample gradients' mean (or sum) as the tests saw it (their
-    norms agree); otherwise, e.g. with gradient clipping or a custom update, the projection is computed.
-    ``fast_steps`` counts the steps that took this path.
+        g_iᵀd_t = −lr_t (μ g_iᵀb_{t−1} + (1−τ) g_iᵀ∇L_t)   per parameter tensor,
+
+    so each step costs one projection (Cockpit's own alpha has a fast path for SGD without momentum). That
+    shortcut is taken only if ∇L is the per-sample gradients' mean (or sum) as the tests saw it (their norms
+    agree); otherwise, e.g. with gradient clipping, the projection along b_t is computed. ``fast_steps`` counts
+    the steps that took the shortcut.
     """
 
     name = "alpha"
-    requires = ("per_sample_layers", "per_sample_losses", "update")
+    requires = ("per_sample_layers", "per_sample_losses")  # and the update, requested before the step if needed
     after_update = True
     keeps_update = True  # reads this step's update again at the next step (the provider keeps it valid)
     series = (
@@ -136,41 +118,82 @@ class Alpha(Instrument):
     def __init__(self, schedule: Any = None):
         super().__init__(schedule)
         self._start: _Start | None = None
+        self._prepared: _Prepared | None = None
         self.fast_steps = 0
-        self._scratch: list[torch.Tensor] | None = None  # the SGD check's residual, reused every step
+        self._copies: list[list[torch.Tensor]] = []  # two alternating copies of ∇L (plain SGD)
+        self._next_copy = 0
 
     def is_due(self, step: int) -> bool:
         return self.schedule(step) or (self._start is not None and self._start.step == step - 1)
 
+    def _pending(self, ctx: StepContext) -> _Start | None:
+        start = self._start
+        return start if start is not None and start.step == ctx.step - 1 else None
+
+    def before_update(self, ctx: StepContext) -> None:
+        pending = self._pending(ctx)
+        projection = None
+        if pending is not None and pending.live and self._intact(pending, ctx):
+            projection = project_per_sample(ctx, [pending.direction])[:, :, 0]  # g_i(θ_t)ᵀ b_{t−1}
+        rule = _usable(sgd_step(ctx.inspector), ctx) if self.schedule(ctx.step) else None
+        if rule is None and self.schedule(ctx.step):
+            ctx.get("params_before_update")  # the update as a tensor, after the step
+        self._prepared = _Prepared(ctx.step, rule, projection)
+
+    @staticmethod
+    def _intact(pending: _Start, ctx: StepContext) -> bool:
+        """The live momentum buffers are still those of step t−1 (same tensors, not changed in place since)."""
+        state = ctx.optimizer.state if ctx.optimizer is not None else {}
+        return pending.versions is not None and all(
+            state.get(p, {}).get("momentum_buffer") is b and b._version == v
+            for p, b, v in zip(ctx.params, pending.direction, pending.versions))
+
     def compute(self, ctx: StepContext) -> dict[str, Any]:
-        pending = self._start if self._start is not None and self._start.step == ctx.step - 1 else None
+        pending = self._pending(ctx)
         self._start = None
+        prepared = self._prepared if self._prepared is not None and self._prepared.step == ctx.step else None
+        self._prepared = None
         starting = self.schedule(ctx.step)
+        if pending is not None and pending.live and (prepared is None or prepared.pending_projection is None):
+            pending = None  # its direction was overwritten before it could be projected: the pair is dropped
         if pending is None and not starting:
             return {}
-        update = ctx.get("update") if starting else None  # valid until the next step (the buffers alternate)
-        length = _norm(update) if update is not None else 0.0
-        sgd = _plain_sgd(ctx) if update is not None else None
-        if sgd is not None and self._scratch is None:
-            self._scratch = [torch.empty_like(u) for u in update]
-        sgd_lr = sgd.lr if sgd is not None and _is_sgd_update(update, sgd, length, self._scratch) else None
-        fast = self._from_previous(ctx, pending, sgd) if sgd is not None and sgd_lr is not None else None
-        directions = []
+        directions: list[list[torch.Tensor]] = []  # projected now, with their per-parameter scales
+        scales: list[torch.Tensor | None] = []
+        pending_slopes = None  # [N, P]: g_{i,p}ᵀ d_{t−1,p}
         if pending is not None:
-            directions.append(pending.direction)
-        if update is not None and fast is None:
-            directions.append(update)
+            if pending.live:
+                pending_slopes = prepared.pending_projection * pending.scale  # type: ignore[union-attr]
+            else:
+                directions.append(pending.direction)
+                scales.append(pending.scale)
+        start = None
+        start_slopes = None
+        if starting:
+            rule = prepared.rule if prepared is not None else None
+            if rule is not None and ctx.optimizer_stepped:
+                start, start_slopes = self._sgd_start(ctx, rule, pending, prepared)
+            else:
+                update = ctx.get("update")  # valid until the next step (the buffers alternate)
+                length = float(tensor_norms(update).square().sum().sqrt())
+                start = _Start(ctx.step, update, None, False, None, length, 0.0, 0.0, 0.0, 0.0)
+            if start_slopes is None:
+                directions.append(start.direction)
+                scales.append(start.scale)
+            else:
+                self.fast_steps += 1
         losses = ctx.get("per_sample_losses")
-        proj = project_per_sample(ctx, directions) if directions else None  # [N, P, K]: g_{i,p}ᵀd_p
-        columns = [] if proj is None else [proj[:, :, k].sum(1) for k in range(proj.shape[2])]
-        if fast is not None:
-            columns.append(fast(proj[:, :, 0] if pending is not None else None))
-            self.fast_steps += 1
-        lengths = []
-        if pending is not None:
-            lengths.append(pending.length)
-        if update is not None:
-            lengths.append(length)
+        proj = project_per_sample(ctx, directions) if directions else None  # [N, P, K]: g_{i,p}ᵀ v_p
+        k = 0
+        columns, lengths = [], []
+        for slopes, part in ((pending_slopes, pending), (start_slopes, start)):
+            if part is None:
+                continue
+            if slopes is None:
+                slopes = proj[:, :, k] if scales[k] is None else proj[:, :, k] * scales[k]  # type: ignore[index]
+                k += 1
+            columns.append(slopes.sum(1))
+            lengths.append(part.length)
         scale = torch.tensor([1.0 / v if v > 0 else 0.0 for v in lengths], dtype=torch.float64)
         slopes = torch.stack(columns, 1) * scale  # g_iᵀd/‖d‖
         sums = all_reduce_sum([
@@ -189,42 +212,54 @@ class Alpha(Instrument):
             if alpha is not None:
                 out["alpha"] = alpha
             k += 1
-        if update is not None:
-            df0, var_df0 = _mean_var(sums[3][k], sums[4][k], n)
-            self._start = _Start(ctx.step, update, length, f, var_f, df0, var_df0, sgd_lr)
+        if start is not None:
+            start.f0, start.var_f0 = f, var_f
+            start.df0, start.var_df0 = _mean_var(sums[3][k], sums[4][k], n)
+            self._start = start
         return out
 
-    def _from_previous(self, ctx: StepContext, pending: _Start | None, sgd: _SGD):
-        """The SGD shortcut for g_iᵀd_t (see the class docstring), as a function of the pending direction's
-        per-parameter projections [N, P]; None where it does not apply this step."""
-        if not ctx.cached("per_sample_grads"):
+    def _sgd_start(self, ctx: StepContext, rule: SGDStep, pending: _Start | None, prepared: _Prepared | None):
+        """This step's update from SGD's rule: the start record (direction b_t or a copy of ∇L_t, scale −lr) and,
+        where the shortcut applies, its slopes g_{i,p}ᵀd_{t,p} [N, P] (else None: project the direction)."""
+        lr = torch.tensor(rule.lr, dtype=torch.float64)
+        live = bool(all(rule.momentum))
+        if live:
+            direction = rule.directions(ctx.params, ctx.optimizer)
+            versions = [b._version for b in direction]
+        else:  # plain SGD, d_t = −lr·∇L_t: the next backward replaces the gradient, so keep a copy
+            grads = ctx.get("grads")
+            while len(self._copies) < 2:
+                self._copies.append([torch.empty_like(g) for g in grads])
+            self._next_copy = (self._next_copy + 1) % 2
+            direction = self._copies[self._next_copy]
+            torch._foreach_copy_(direction, grads)
+            versions = None
+        length = float((lr * tensor_norms(direction)).square().sum().sqrt())
+        start = _Start(ctx.step, direction, -lr, live, versions, length, 0.0, 0.0, 0.0, 0.0)
+        return start, self._shortcut(ctx, rule, lr, pending, prepared, direction)
+
+    @staticmethod
+    def _shortcut(ctx: StepContext, rule: SGDStep, lr: torch.Tensor, pending: _Start | None,
+                  prepared: _Prepared | None, direction: list[torch.Tensor]) -> torch.Tensor | None:
+        """g_{i,p}ᵀd_{t,p} = −lr (μ g_iᵀb_{t−1} + (1−τ) g_iᵀ∇L) without a projection (class docstring); None where
+        it does not apply."""
+        if any(rule.weight_decay) or any(rule.maximize) or not ctx.cached("per_sample_grads"):
             return None
         stats = ctx.get("per_sample_grads")
         if stats.proj_mean is None:
             return None
-        with_momentum = sgd.momentum != 0
-        if bool(with_momentum.any()) and (pending is None or pending.sgd_lr is None):
-            return None  # b_{t−1} = −d_{t−1}/lr_{t−1} is known only if the previous update was checked too
         # ∇L as the optimizer used it must be the per-sample gradients' mean (mean loss) or sum (sum loss)
         s = 1.0 if stats.loss_reduction == "mean" else float(stats.batch_size)
         grad_sq = ctx.get("grad_norms").square()
-        expected = stats.mean_grad_sq_norms * s * s
-        if not torch.allclose(grad_sq, expected, rtol=SGD_TOLERANCE, atol=1e-30):
+        if not torch.allclose(grad_sq, stats.mean_grad_sq_norms * s * s, rtol=GRADIENT_TOLERANCE, atol=1e-30):
             return None
         pi = stats.proj_mean * s  # [N, P]: g_{i,p}ᵀ∇_p L
-        lr, mu, tau = sgd.lr, sgd.momentum, sgd.dampening
-        previous_lr = pending.sgd_lr if pending is not None else None
-
-        def projection(previous: torch.Tensor | None) -> torch.Tensor:
-            buffer_proj = pi
-            if previous is not None and previous_lr is not None:
-                # g_iᵀb_t = μ g_iᵀb_{t−1} + (1−τ) g_iᵀ∇L, with b_{t−1} = −d_{t−1}/lr_{t−1}; μ = 0: b_t = ∇L
-                momentum_part = -previous / previous_lr.clamp_min(1e-300)
-                buffer_proj = torch.where(with_momentum, mu * momentum_part + (1 - tau) * pi, pi)
-            return (-lr * buffer_proj).sum(1)
-
-        return projection
-
-
-def _norm(tensors: list[torch.Tensor]) -> float:
-    return float(torch.stack(torch._foreach_norm(tensors)).to(torch.float64).square().sum().sqrt())
+        if not any(rule.momentum):
+            return -lr * pi
+        # b_{t−1}: the pending start's buffers, projected before this step, and still the same tensors now
+        if (pending is None or not pending.live or prepared is None or prepared.pending_projection is None
+                or any(a is not b for a, b in zip(pending.direction, direction))):
+            return None
+        mu = torch.tensor(rule.momentum, dtype=torch.float64)
+        tau = torch.tensor(rule.dampening, dtype=torch.float64)
+        return -lr * (mu * prepared.pending_projection + (1 - tau) * pi)

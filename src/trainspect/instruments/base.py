@@ -67,6 +67,11 @@ class Instrument:
     def is_due(self, step: int) -> bool:
         return self.schedule(step)
 
+    def before_update(self, ctx: StepContext) -> None:
+        """Optional, for ``after_update`` instruments: called just before ``optimizer.step()`` on a step where the
+        instrument is due, while θ_t and the optimizer's state before the step are still there (alpha projects on
+        SGD's momentum buffer here, which the step overwrites). Failures disable the instrument, as in compute."""
+
     def compute(self, ctx: StepContext) -> dict[str, Any]:  # pragma: no cover - abstract
         """Return ``{series_name: value}`` for this step (see :mod:`trainspect.engine.values`)."""
         raise NotImplementedError

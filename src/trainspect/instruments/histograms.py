@@ -3,8 +3,9 @@
 A histogram over all N·D per-sample gradient elements g_{i,p}[c] costs O(N·D) however it is computed
 (Cockpit: up to 43x a training step for the 1-D and 198x for the 2-D one). By default it is **estimated**
 from a uniform random sample of (sample, coordinate) pairs: ``PerSampleGradients.histogram_samples``
-(2**14; 2**18 for the 2-D histogram) pairs per step, allocated to the parameter tensors in proportion to their sizes (at least 2**12 each;
-every element of smaller tensors), each weighted by N·D_p/S_p, so the counts estimate the exact counts
+(2**14; 2**18 for the 2-D histogram) pairs per step, allocated to the parameter tensors in proportion to their
+sizes (at least 2**12 each; every element of smaller tensors), each weighted by N·D_p/S_p, so the counts
+estimate the exact counts
 (documented accuracy: total-variation distance ≤ 0.02 from the exact histogram on the benchmark models,
 ``tests/instruments/test_histograms.py``). ``exact=True`` bins every element, materializing per-sample
 gradients a block at a time.

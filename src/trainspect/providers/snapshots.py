@@ -7,6 +7,7 @@ instruments small on tiny models (a plain step of the digits MLP takes a fractio
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
@@ -269,10 +270,10 @@ class UpdateNorms(Provider):
 
     def __init__(self, inspector: Inspector):
         super().__init__(inspector)
-        self._rule: list[tuple[float, bool]] | None = None  # decided before each step
+        self._rule: SGDStep | None = None  # decided before each step
 
     def before_update(self, ctx: StepContext) -> None:
-        self._rule = None if "update" in ctx.needed_providers else sgd_update_rule(self.inspector)
+        self._rule = None if "update" in ctx.needed_providers else sgd_step(self.inspector)
         if self._rule is None:
             ctx.get("params_before_update")  # the general path needs θ_t before the optimizer overwrites it
 
@@ -280,26 +281,42 @@ class UpdateNorms(Provider):
         rule, self._rule = self._rule, None
         if rule is None or ctx.phase != "update" or not ctx.optimizer_stepped:
             return tensor_norms(ctx.get("update"))
-        optimizer = self.inspector.optimizer
-        lrs = torch.tensor([lr for lr, _ in rule], dtype=torch.float64)
-        if not any(momentum for _, momentum in rule):
+        lrs = torch.tensor(rule.lr, dtype=torch.float64)
+        if not any(rule.momentum):
             # Δθ = −lr·∇L; a parameter without gradient is skipped by SGD (norm 0 either way)
             return lrs * ctx.get("grad_norms")
-        tensors: list[torch.Tensor] = []
-        for p, (_, momentum) in zip(ctx.params, rule):
-            if p.grad is None:  # SGD skipped it: no update
-                tensors.append(torch.zeros(1, dtype=p.dtype, device=p.device))
+        return lrs * tensor_norms(rule.directions(ctx.params, self.inspector.optimizer))
+
+
+@dataclass
+class SGDStep:
+    """``torch.optim.SGD``'s settings per tracked parameter, for a step known to be θ ← θ − lr·b (see
+    :func:`sgd_step`): b is the momentum buffer after the step where momentum ≠ 0, else the gradient."""
+
+    lr: list[float]
+    momentum: list[float]
+    dampening: list[float]
+    weight_decay: list[float]
+    maximize: list[bool]
+
+    def directions(self, params: list[torch.Tensor], optimizer: torch.optim.Optimizer) -> list[torch.Tensor]:
+        """b per parameter after the step (the live tensors: valid until the next ``optimizer.step()``); a zero
+        of one element for a parameter without gradient, which SGD skips."""
+        out = []
+        for p, momentum in zip(params, self.momentum):
+            if p.grad is None:
+                out.append(torch.zeros(1, dtype=p.dtype, device=p.device))
             elif momentum:
-                tensors.append(optimizer.state[p]["momentum_buffer"])
+                out.append(optimizer.state[p]["momentum_buffer"])
             else:
-                tensors.append(p.grad.to_dense() if p.grad.is_sparse else p.grad)
-        return lrs * tensor_norms(tensors)
+                out.append(p.grad.to_dense() if p.grad.is_sparse else p.grad)
+        return out
 
 
-def sgd_update_rule(inspector: Inspector) -> list[tuple[float, bool]] | None:
-    """Per tracked parameter ``(lr, uses momentum buffer)`` if the coming ``optimizer.step()`` will be exactly
-    ``torch.optim.SGD``'s θ ← θ − lr·b (b the momentum buffer, or the gradient without momentum and weight
-    decay); None where that cannot be guaranteed (see :class:`UpdateNorms`)."""
+def sgd_step(inspector: Inspector) -> SGDStep | None:
+    """The coming ``optimizer.step()``'s settings if it will be exactly ``torch.optim.SGD``'s θ ← θ − lr·b (b the
+    momentum buffer, or the gradient without momentum and weight decay); None where that cannot be guaranteed
+    (see :class:`UpdateNorms`)."""
     optimizer = inspector.optimizer
     if type(optimizer) is not torch.optim.SGD or inspector.grad_scaler is not None:
         return None
@@ -307,16 +324,19 @@ def sgd_update_rule(inspector: Inspector) -> list[tuple[float, bool]] | None:
     global_hooks = getattr(optimizer_module, "_global_optimizer_post_hooks", None)
     if own is None or global_hooks is None or len(own) + len(global_hooks) > 1:  # 1: trainspect's own hook
         return None
-    by_param: dict[int, tuple[float, bool]] = {}
+    by_param: dict[int, tuple[float, float, float, float, bool]] = {}
     for group in optimizer.param_groups:
         momentum, decay = float(group.get("momentum", 0.0)), float(group.get("weight_decay", 0.0))
         if group.get("nesterov", False) or (momentum == 0.0 and decay != 0.0):
             return None
-        lr = float(group["lr"])
+        settings = (float(group["lr"]), momentum, float(group.get("dampening", 0.0)), decay,
+                    bool(group.get("maximize", False)))
         for p in group["params"]:
-            by_param[id(p)] = (lr, momentum != 0.0)
+            by_param[id(p)] = settings
     rule = [by_param.get(id(p)) for p in inspector.params]
-    return None if any(r is None for r in rule) else rule  # type: ignore[return-value]
+    if any(r is None for r in rule):
+        return None
+    return SGDStep(*(list(column) for column in zip(*rule)))  # type: ignore[arg-type]
 
 
 class InitialParameters(Provider):
