@@ -360,3 +360,25 @@ def test_loss_is_found_when_the_loop_uses_another_loss_instance(run_dir):
     with open_run(run_dir) as run:
         np.testing.assert_allclose(run.scalar("loss")[1], seen, rtol=1e-6)
         assert not run.errors()
+
+
+def test_periodic_schedules_are_followed_and_a_replaced_schedule_takes_effect(run_dir):
+    """The engine caches the due set of every(n) schedules per phase of lcm(n): the recorded steps are exactly
+    those the schedules say, with offsets, and replacing a schedule mid-run takes effect at once."""
+    from trainspect.engine.schedules import every
+
+    model = tiny_mlp()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    loss_fn = nn.CrossEntropyLoss()
+    inspector = trainspect.attach(model, optimizer, loss_fn, run_dir=run_dir, checks=None, progress=False,
+                                  instruments={"loss": 1, "param_norm": 3, "grad_norm": every(4, offset=2)})
+    data = batches(30)
+    train(inspector, model, optimizer, loss_fn, data[:14])
+    next(i for i in inspector.instruments if i.name == "param_norm").schedule = every(5, offset=1)
+    train(inspector, model, optimizer, loss_fn, data[14:])
+    inspector.close()
+    with open_run(run_dir) as run:
+        assert list(run.series("loss").steps) == list(range(30))
+        assert list(run.series("grad_norm").steps) == [s for s in range(30) if s >= 2 and (s - 2) % 4 == 0]
+        expected = [s for s in range(14) if s % 3 == 0] + [s for s in range(14, 30) if (s - 1) % 5 == 0]
+        assert list(run.series("param_norm").steps) == expected

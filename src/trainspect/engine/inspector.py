@@ -16,6 +16,7 @@ with its traceback, disabled, and training continues.
 
 from __future__ import annotations
 
+import math
 import platform
 import sys
 import time
@@ -409,7 +410,7 @@ class Inspector:
         # what the schedules say (identical on every rank), then without the disabled (may differ by rank)
         step = ctx.step
         try:
-            scheduled = [i for i in self.instruments if _due(i, step)]
+            scheduled = self._scheduled(step)
         except Exception:  # a broken schedule: find it, record it, and leave that instrument out
             scheduled = [i for i in self.instruments if self._is_due(i, step)]
         ctx.scheduled_instruments = scheduled
@@ -546,6 +547,30 @@ class Inspector:
     # ------------------------------------------------------------------------------------------------
     # helpers
     # ------------------------------------------------------------------------------------------------
+    def _scheduled(self, step: int) -> list[Instrument]:
+        """The instruments whose schedule says they are due at ``step``.
+
+        When every schedule is ``every(n)`` (the default configuration), the due set repeats with period
+        lcm(n) after the largest offset, so each phase is computed once and looked up afterwards (this runs on
+        every step: 15 schedule evaluations cost as much as a few kernels of a tiny model). The cache is rebuilt
+        if an instrument's schedule object is replaced. The lists are shared: nothing may modify them.
+        """
+        instruments = self.instruments
+        signature = tuple([id(i.schedule) for i in instruments])
+        cache = self.__dict__.get("_due_cache")
+        if cache is None or cache[0] != signature:
+            periodic = all(type(i.schedule) is Every and type(i).is_due is Instrument.is_due for i in instruments)
+            period = math.lcm(*(i.schedule.interval for i in instruments)) if periodic and instruments else 0
+            start = max((i.schedule.offset for i in instruments), default=0) if period else 0
+            cache = self._due_cache = (signature, period if period <= 1 << 16 else 0, start, {})
+        _, period, start, phases = cache
+        if not period or step < start:
+            return [i for i in instruments if _due(i, step)]
+        due = phases.get(step % period)
+        if due is None:
+            due = phases[step % period] = [i for i in instruments if _due(i, step)]
+        return due
+
     def _is_due(self, instrument: Instrument, step: int) -> bool:
         try:
             return instrument.is_due(step)

@@ -102,7 +102,7 @@ class Gradients(Provider):
                 g = torch.zeros_like(p)
             elif g.is_sparse:
                 g = g.to_dense()
-            grads.append(g.detach())
+            grads.append(g.detach() if g.requires_grad else g)  # (a gradient of create_graph=True has a graph)
         return grads
 
 
