@@ -210,6 +210,37 @@ def test_alpha_drops_a_pair_whose_momentum_buffer_was_changed_between_steps(tmp_
     np.testing.assert_allclose(alphas, [reference_alpha(refs[t], refs[t + 1]) for t in (0, 2)], rtol=RTOL, atol=1e-9)
 
 
+@pytest.mark.parametrize("set_to_none", [True, False])
+@pytest.mark.parametrize("optimizer_name", ["sgd", "heavy-ball"])
+def test_alpha_with_gradients_zeroed_inside_the_block(optimizer_name, set_to_none, tmp_path):
+    """optimizer.step() and zero_grad() inside the block: alpha's update phase runs after the gradients are gone;
+    what it needs of them (the rule, plain SGD's copy of ∇L, the norms for the shortcut) was taken before."""
+    model, _, _, loss = problem("mlp", 6)
+    params = list(model.parameters())
+    momentum = 0.9 if optimizer_name == "heavy-ball" else 0.0
+    optimizer = torch.optim.SGD(params, lr=0.05, momentum=momentum)
+    inspector = trainspect.attach(model, optimizer, loss, run_dir=tmp_path / "r", checks=None, progress=False,
+                                  instruments=["norm_test", "inner_test", "ortho_test", "alpha"])
+    refs = []
+    for s in range(4):
+        x, y = problem("mlp", 6, seed=s + 1)[1:3]
+        grads = torch.cat([g.reshape(6, -1) for g in brute_force_per_sample_grads(model, x, y, loss)], 1)
+        with torch.no_grad():
+            losses = torch.stack([loss(model(x[i:i + 1]), y[i:i + 1]) for i in range(6)])
+        before = torch.cat([p.detach().reshape(-1) for p in params])
+        with inspector.step(x, y):
+            loss(model(x), y).backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=set_to_none)
+        refs.append({"g": grads, "losses": losses,
+                     "update": torch.cat([p.detach().reshape(-1) for p in params]) - before})
+    inspector.close()
+    assert not inspector.errors, inspector.errors[0]["traceback"]
+    _, alphas = open_run(tmp_path / "r").scalar("alpha")
+    np.testing.assert_allclose(alphas, [reference_alpha(refs[t], refs[t + 1]) for t in range(3)], rtol=RTOL,
+                               atol=1e-9)
+
+
 def test_effective_learning_rate_of_plain_sgd_is_its_learning_rate():
     from trainspect.functional.batch_tests import effective_learning_rate
 

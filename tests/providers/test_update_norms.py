@@ -149,3 +149,28 @@ def test_rule_gives_way_to_the_update_tensor_when_that_is_computed_anyway(tmp_pa
         optimizer.step()
     inspector.close()
     assert seen == [True, False]
+
+
+@pytest.mark.parametrize("set_to_none", [True, False])
+@pytest.mark.parametrize("name", ["sgd", "heavy-ball", "two-groups"])
+def test_gradients_zeroed_inside_the_block_after_the_step(name, set_to_none, tmp_path):
+    """optimizer.step() and zero_grad() inside the ``with`` block: the update phase runs at the block's exit,
+    after the gradients are gone; the rule was taken before the step and does not read them again."""
+    net = model()
+    optimizer = BY_RULE[name](net)
+    loss_fn = nn.CrossEntropyLoss()
+    inspector = trainspect.attach(net, optimizer, loss_fn, run_dir=tmp_path / "r", instruments={"update_size": 1},
+                                  checks=None, progress=False)
+    gen = torch.Generator().manual_seed(1)
+    expected = []
+    for _ in range(4):
+        x, y = torch.randn(16, 6, generator=gen, dtype=torch.float64), torch.randint(0, 3, (16,), generator=gen)
+        before = [p.detach().clone() for p in net.parameters()]
+        with inspector.step(x, y):
+            loss_fn(net(x), y).backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=set_to_none)
+        expected.append([_norm(p.detach() - b) for p, b in zip(net.parameters(), before)])
+    inspector.close()
+    with open_run(tmp_path / "r") as stored:
+        np.testing.assert_allclose(stored.series("layer_update_size").values, np.array(expected), rtol=1e-9)

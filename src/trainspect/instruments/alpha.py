@@ -60,6 +60,7 @@ class _Prepared:
     step: int
     rule: SGDStep | None  # this step's update is SGD's −lr·b (usable for alpha)
     pending_projection: torch.Tensor | None  # [N, P] g_{i,p}(θ_t)ᵀ b_{t−1,p}, for a live pending start
+    gradient_copy: list[torch.Tensor] | None  # ∇L_t, copied before the step (plain SGD: d_t = −lr·∇L_t)
 
 
 def _mean_var(total: torch.Tensor, total_sq: torch.Tensor, n: float) -> tuple[float, float]:
@@ -78,7 +79,7 @@ def _usable(rule: SGDStep | None, ctx: StepContext) -> SGDStep | None:
     """The rule, if alpha can follow the update through it: every tracked parameter has a gradient (SGD skips the
     others, so b would not be their update), and momentum is on for all (b is the update direction) or off for
     all (∇L is, without maximize)."""
-    if rule is None or any(p.grad is None for p in ctx.params):
+    if rule is None or not all(rule.has_grad):
         return None
     if all(rule.momentum) or (not any(rule.momentum) and not any(rule.maximize)):
         return rule
@@ -136,9 +137,20 @@ class Alpha(Instrument):
         if pending is not None and pending.live and self._intact(pending, ctx):
             projection = project_per_sample(ctx, [pending.direction])[:, :, 0]  # g_i(θ_t)ᵀ b_{t−1}
         rule = _usable(sgd_step(ctx.inspector), ctx) if self.schedule(ctx.step) else None
+        copy = None
         if rule is None and self.schedule(ctx.step):
             ctx.get("params_before_update")  # the update as a tensor, after the step
-        self._prepared = _Prepared(ctx.step, rule, projection)
+        elif rule is not None:
+            # now, not after the step: the gradients may be zeroed before the update phase (inside the block)
+            ctx.get("grad_norms")  # for the shortcut's check (usually computed already)
+            if not all(rule.momentum):  # plain SGD: the next backward replaces ∇L_t, so keep a copy
+                grads = ctx.get("grads")
+                while len(self._copies) < 2:
+                    self._copies.append([torch.empty_like(g) for g in grads])
+                self._next_copy = (self._next_copy + 1) % 2
+                copy = self._copies[self._next_copy]
+                torch._foreach_copy_(copy, grads)
+        self._prepared = _Prepared(ctx.step, rule, projection, copy)
 
     @staticmethod
     def _intact(pending: _Start, ctx: StepContext) -> bool:
@@ -172,7 +184,7 @@ class Alpha(Instrument):
         if starting:
             rule = prepared.rule if prepared is not None else None
             if rule is not None and ctx.optimizer_stepped:
-                start, start_slopes = self._sgd_start(ctx, rule, pending, prepared)
+                start, start_slopes = self._sgd_start(ctx, rule, pending, prepared)  # type: ignore[arg-type]
             else:
                 update = ctx.get("update")  # valid until the next step (the buffers alternate)
                 length = float(tensor_norms(update).square().sum().sqrt())
@@ -218,21 +230,16 @@ class Alpha(Instrument):
             self._start = start
         return out
 
-    def _sgd_start(self, ctx: StepContext, rule: SGDStep, pending: _Start | None, prepared: _Prepared | None):
+    def _sgd_start(self, ctx: StepContext, rule: SGDStep, pending: _Start | None, prepared: _Prepared):
         """This step's update from SGD's rule: the start record (direction b_t or a copy of ∇L_t, scale −lr) and,
         where the shortcut applies, its slopes g_{i,p}ᵀd_{t,p} [N, P] (else None: project the direction)."""
         lr = torch.tensor(rule.lr, dtype=torch.float64)
         live = bool(all(rule.momentum))
         if live:
-            direction = rule.directions(ctx.params, ctx.optimizer)
+            direction = rule.buffers(ctx.params, ctx.optimizer)
             versions = [b._version for b in direction]
-        else:  # plain SGD, d_t = −lr·∇L_t: the next backward replaces the gradient, so keep a copy
-            grads = ctx.get("grads")
-            while len(self._copies) < 2:
-                self._copies.append([torch.empty_like(g) for g in grads])
-            self._next_copy = (self._next_copy + 1) % 2
-            direction = self._copies[self._next_copy]
-            torch._foreach_copy_(direction, grads)
+        else:  # plain SGD, d_t = −lr·∇L_t: copied before the step
+            direction = prepared.gradient_copy  # type: ignore[union-attr,assignment]
             versions = None
         length = float((lr * tensor_norms(direction)).square().sum().sqrt())
         start = _Start(ctx.step, direction, -lr, live, versions, length, 0.0, 0.0, 0.0, 0.0)

@@ -276,41 +276,43 @@ class UpdateNorms(Provider):
         self._rule = None if "update" in ctx.needed_providers else sgd_step(self.inspector)
         if self._rule is None:
             ctx.get("params_before_update")  # the general path needs θ_t before the optimizer overwrites it
+        elif not all(self._rule.momentum):
+            ctx.get("grad_norms")  # now: the gradients may be zeroed before the update phase (inside the block)
 
     def compute(self, ctx: StepContext) -> torch.Tensor:
         rule, self._rule = self._rule, None
         if rule is None or ctx.phase != "update" or not ctx.optimizer_stepped:
             return tensor_norms(ctx.get("update"))
         lrs = torch.tensor(rule.lr, dtype=torch.float64)
-        if not any(rule.momentum):
-            # Δθ = −lr·∇L; a parameter without gradient is skipped by SGD (norm 0 either way)
-            return lrs * ctx.get("grad_norms")
-        return lrs * tensor_norms(rule.directions(ctx.params, self.inspector.optimizer))
+        moved = torch.tensor(rule.has_grad, dtype=torch.float64)  # SGD skips a parameter without gradient
+        if not any(rule.momentum):  # Δθ = −lr·∇L
+            return lrs * ctx.get("grad_norms") * moved
+        norms = tensor_norms(rule.buffers(ctx.params, self.inspector.optimizer))
+        if not all(rule.momentum):
+            with_buffer = torch.tensor([m != 0.0 for m in rule.momentum])
+            norms = torch.where(with_buffer, norms, ctx.get("grad_norms"))
+        return lrs * norms * moved
 
 
 @dataclass
 class SGDStep:
-    """``torch.optim.SGD``'s settings per tracked parameter, for a step known to be θ ← θ − lr·b (see
-    :func:`sgd_step`): b is the momentum buffer after the step where momentum ≠ 0, else the gradient."""
+    """``torch.optim.SGD``'s settings per tracked parameter, taken just before a step known to be θ ← θ − lr·b
+    (see :func:`sgd_step`): b is the momentum buffer after the step where momentum ≠ 0, else the gradient."""
 
     lr: list[float]
     momentum: list[float]
     dampening: list[float]
     weight_decay: list[float]
     maximize: list[bool]
+    #: the parameter had a gradient when the step began (SGD skips those without: they do not move)
+    has_grad: list[bool]
 
-    def directions(self, params: list[torch.Tensor], optimizer: torch.optim.Optimizer) -> list[torch.Tensor]:
-        """b per parameter after the step (the live tensors: valid until the next ``optimizer.step()``); a zero
-        of one element for a parameter without gradient, which SGD skips."""
-        out = []
-        for p, momentum in zip(params, self.momentum):
-            if p.grad is None:
-                out.append(torch.zeros(1, dtype=p.dtype, device=p.device))
-            elif momentum:
-                out.append(optimizer.state[p]["momentum_buffer"])
-            else:
-                out.append(p.grad.to_dense() if p.grad.is_sparse else p.grad)
-        return out
+    def buffers(self, params: list[torch.Tensor], optimizer: torch.optim.Optimizer) -> list[torch.Tensor]:
+        """The momentum buffers b after the step (the live tensors: valid until the next ``optimizer.step()``);
+        a zero of one element for a parameter without momentum or without gradient."""
+        return [optimizer.state[p]["momentum_buffer"] if momentum and moved
+                else torch.zeros(1, dtype=p.dtype, device=p.device)
+                for p, momentum, moved in zip(params, self.momentum, self.has_grad)]
 
 
 def sgd_step(inspector: Inspector) -> SGDStep | None:
@@ -336,7 +338,8 @@ def sgd_step(inspector: Inspector) -> SGDStep | None:
     rule = [by_param.get(id(p)) for p in inspector.params]
     if any(r is None for r in rule):
         return None
-    return SGDStep(*(list(column) for column in zip(*rule)))  # type: ignore[arg-type]
+    return SGDStep(*(list(column) for column in zip(*rule)),  # type: ignore[arg-type]
+                   has_grad=[p.grad is not None for p in inspector.params])
 
 
 class InitialParameters(Provider):
