@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from trainspect.engine.distributed import all_reduce_sum
+from trainspect.engine.distributed import all_reduce_sum, world_size
 from trainspect.engine.values import SeriesInfo
 from trainspect.functional.batch_tests import alpha_quadratic_fit
 from trainspect.instruments.base import Instrument
@@ -51,6 +51,7 @@ class _Start:
     var_f0: float
     df0: float
     var_df0: float
+    buffer_sq_norms: torch.Tensor | None = None  # [P] ‖b_{t,p}‖² of live buffers (the shortcut's check)
 
 
 @dataclass
@@ -60,7 +61,6 @@ class _Prepared:
     step: int
     rule: SGDStep | None  # this step's update is SGD's −lr·b (usable for alpha)
     pending_projection: torch.Tensor | None  # [N, P] g_{i,p}(θ_t)ᵀ b_{t−1,p}, for a live pending start
-    gradient_copy: list[torch.Tensor] | None  # ∇L_t, copied before the step (plain SGD: d_t = −lr·∇L_t)
 
 
 def _mean_var(total: torch.Tensor, total_sq: torch.Tensor, n: float) -> tuple[float, float]:
@@ -70,20 +70,9 @@ def _mean_var(total: torch.Tensor, total_sq: torch.Tensor, n: float) -> tuple[fl
     return mean, max(var, 0.0)
 
 
-#: relative agreement of ‖∇L‖ (as the optimizer used it) with the norms of the per-sample gradients' mean for the
-#: SGD shortcut: float32 noise is far below it, clipping or any other change of the gradient far above
+#: relative agreement, per parameter tensor, of ‖b_t‖² with its value if ∇L_t were the per-sample gradients' mean
+#: (the SGD shortcut's check): float32 noise is far below it, clipping or any other change of the gradient above
 GRADIENT_TOLERANCE = 1e-3
-
-
-def _usable(rule: SGDStep | None, ctx: StepContext) -> SGDStep | None:
-    """The rule, if alpha can follow the update through it: every tracked parameter has a gradient (SGD skips the
-    others, so b would not be their update), and momentum is on for all (b is the update direction) or off for
-    all (∇L is, without maximize)."""
-    if rule is None or not all(rule.has_grad):
-        return None
-    if all(rule.momentum) or (not any(rule.momentum) and not any(rule.maximize)):
-        return rule
-    return None
 
 
 class Alpha(Instrument):
@@ -92,19 +81,24 @@ class Alpha(Instrument):
     Cost: the per-sample projections g_iᵀd (``project_per_sample``: as much as a forward pass through the layers
     per direction) along the previous and the current update, plus, in general, a copy of θ_t to know the update.
 
-    For ``torch.optim.SGD`` the update is known from the optimizer itself (``providers.snapshots.sgd_step``: exact
-    by construction, checked before every step), so nothing is copied: d_t = −lr·b_t with the momentum buffer b_t,
-    or d_t = −lr·∇L_t without momentum (kept as a copy of the gradient). The buffer is overwritten in place by the
-    next step, so its projection at θ_{t+1} is taken just before that step (:meth:`before_update`). And the
+    For ``torch.optim.SGD`` with momentum the update is known from the optimizer itself
+    (``providers.snapshots.sgd_step``: exact by construction, decided before every step), so nothing is copied:
+    d_t = −lr·b_t with the momentum buffer b_t as the step leaves it. The buffer is overwritten in place by the
+    next step, so its projection at θ_{t+1} is taken just before that step (:meth:`before_update`), after checking
+    that the buffers are still those tensors at that in-place version (else that pair is dropped). And the
     current update's projection follows from it and the gradient tests' g_iᵀḡ when those are computed anyway
-    (no weight decay, no maximize): with b_t = μ b_{t−1} + (1−τ)∇L_t,
+    (no weight decay, no maximize, one process): with b_t = μ b_{t−1} + (1−τ)∇L_t,
 
         g_iᵀd_t = −lr_t (μ g_iᵀb_{t−1} + (1−τ) g_iᵀ∇L_t)   per parameter tensor,
 
     so each step costs one projection (Cockpit's own alpha has a fast path for SGD without momentum). That
-    shortcut is taken only if ∇L is the per-sample gradients' mean (or sum) as the tests saw it (their norms
-    agree); otherwise, e.g. with gradient clipping, the projection along b_t is computed. ``fast_steps`` counts
-    the steps that took the shortcut.
+    shortcut needs ∇L_t to be the per-sample gradients' mean (or sum) as the tests saw it, which is checked on
+    what the step actually did: ‖b_t‖² must equal μ²‖b_{t−1}‖² + 2μ(1−τ) b_{t−1}ᵀ∇L + (1−τ)²‖∇L‖² with that ∇L
+    (every term known: the first from the previous step, the second from the projection just taken), per
+    parameter tensor, to :data:`GRADIENT_TOLERANCE`; with clipping, even by a framework after the gradients were
+    measured, the projection along b_t is computed. ``fast_steps`` counts the steps that took the shortcut.
+    Without momentum (−lr·∇L with ∇L as it was inside the step) and for other optimizers θ_t is copied and the
+    update taken is projected.
     """
 
     name = "alpha"
@@ -121,8 +115,6 @@ class Alpha(Instrument):
         self._start: _Start | None = None
         self._prepared: _Prepared | None = None
         self.fast_steps = 0
-        self._copies: list[list[torch.Tensor]] = []  # two alternating copies of ∇L (plain SGD)
-        self._next_copy = 0
 
     def is_due(self, step: int) -> bool:
         return self.schedule(step) or (self._start is not None and self._start.step == step - 1)
@@ -136,21 +128,10 @@ class Alpha(Instrument):
         projection = None
         if pending is not None and pending.live and self._intact(pending, ctx):
             projection = project_per_sample(ctx, [pending.direction])[:, :, 0]  # g_i(θ_t)ᵀ b_{t−1}
-        rule = _usable(sgd_step(ctx.inspector), ctx) if self.schedule(ctx.step) else None
-        copy = None
+        rule = sgd_step(ctx.inspector) if self.schedule(ctx.step) else None
         if rule is None and self.schedule(ctx.step):
             ctx.get("params_before_update")  # the update as a tensor, after the step
-        elif rule is not None:
-            # now, not after the step: the gradients may be zeroed before the update phase (inside the block)
-            ctx.get("grad_norms")  # for the shortcut's check (usually computed already)
-            if not all(rule.momentum):  # plain SGD: the next backward replaces ∇L_t, so keep a copy
-                grads = ctx.get("grads")
-                while len(self._copies) < 2:
-                    self._copies.append([torch.empty_like(g) for g in grads])
-                self._next_copy = (self._next_copy + 1) % 2
-                copy = self._copies[self._next_copy]
-                torch._foreach_copy_(copy, grads)
-        self._prepared = _Prepared(ctx.step, rule, projection, copy)
+        self._prepared = _Prepared(ctx.step, rule, projection)
 
     @staticmethod
     def _intact(pending: _Start, ctx: StepContext) -> bool:
@@ -185,11 +166,14 @@ class Alpha(Instrument):
             rule = prepared.rule if prepared is not None else None
             if rule is not None and ctx.optimizer_stepped:
                 start, start_slopes = self._sgd_start(ctx, rule, pending, prepared)  # type: ignore[arg-type]
-            else:
+            elif rule is None:
                 update = ctx.get("update")  # valid until the next step (the buffers alternate)
                 length = float(tensor_norms(update).square().sum().sqrt())
                 start = _Start(ctx.step, update, None, False, None, length, 0.0, 0.0, 0.0, 0.0)
-            if start_slopes is None:
+            if start is None:
+                if pending is None:
+                    return {}
+            elif start_slopes is None:
                 directions.append(start.direction)
                 scales.append(start.scale)
             else:
@@ -231,42 +215,46 @@ class Alpha(Instrument):
         return out
 
     def _sgd_start(self, ctx: StepContext, rule: SGDStep, pending: _Start | None, prepared: _Prepared):
-        """This step's update from SGD's rule: the start record (direction b_t or a copy of ∇L_t, scale −lr) and,
-        where the shortcut applies, its slopes g_{i,p}ᵀd_{t,p} [N, P] (else None: project the direction)."""
+        """This step's update from SGD's rule: the start record (direction b_t, scale −lr) and, where the shortcut
+        applies, its slopes g_{i,p}ᵀd_{t,p} [N, P] (else None: project the direction). No start (None, None) if
+        the step left a parameter unmoved (no gradient): b would not be its update, and θ_t was not copied."""
+        optimizer = ctx.optimizer
+        if not all(rule.moved(ctx.params, optimizer)):  # type: ignore[arg-type]
+            return None, None
         lr = torch.tensor(rule.lr, dtype=torch.float64)
-        live = bool(all(rule.momentum))
-        if live:
-            direction = rule.buffers(ctx.params, ctx.optimizer)
-            versions = [b._version for b in direction]
-        else:  # plain SGD, d_t = −lr·∇L_t: copied before the step
-            direction = prepared.gradient_copy  # type: ignore[union-attr,assignment]
-            versions = None
-        length = float((lr * tensor_norms(direction)).square().sum().sqrt())
-        start = _Start(ctx.step, direction, -lr, live, versions, length, 0.0, 0.0, 0.0, 0.0)
-        return start, self._shortcut(ctx, rule, lr, pending, prepared, direction)
+        direction = rule.buffers(ctx.params, optimizer)  # type: ignore[arg-type]
+        buffer_sq = tensor_norms(direction).square()
+        length = float((lr.square() * buffer_sq).sum().sqrt())
+        start = _Start(ctx.step, direction, -lr, True, [b._version for b in direction], length, 0.0, 0.0, 0.0, 0.0,
+                       buffer_sq)
+        return start, self._shortcut(ctx, rule, lr, pending, prepared, direction, buffer_sq)
 
     @staticmethod
     def _shortcut(ctx: StepContext, rule: SGDStep, lr: torch.Tensor, pending: _Start | None,
-                  prepared: _Prepared | None, direction: list[torch.Tensor]) -> torch.Tensor | None:
+                  prepared: _Prepared | None, direction: list[torch.Tensor], buffer_sq: torch.Tensor
+                  ) -> torch.Tensor | None:
         """g_{i,p}ᵀd_{t,p} = −lr (μ g_iᵀb_{t−1} + (1−τ) g_iᵀ∇L) without a projection (class docstring); None where
         it does not apply."""
-        if any(rule.weight_decay) or any(rule.maximize) or not ctx.cached("per_sample_grads"):
+        if any(rule.weight_decay) or any(rule.maximize) or world_size() > 1 or not ctx.cached("per_sample_grads"):
+            return None
+        # b_{t−1}: the pending start's buffers, projected before this step, and still the same tensors now
+        if (pending is None or not pending.live or pending.buffer_sq_norms is None or prepared is None
+                or prepared.pending_projection is None
+                or any(a is not b for a, b in zip(pending.direction, direction))):
             return None
         stats = ctx.get("per_sample_grads")
         if stats.proj_mean is None:
             return None
-        # ∇L as the optimizer used it must be the per-sample gradients' mean (mean loss) or sum (sum loss)
         s = 1.0 if stats.loss_reduction == "mean" else float(stats.batch_size)
-        grad_sq = ctx.get("grad_norms").square()
-        if not torch.allclose(grad_sq, stats.mean_grad_sq_norms * s * s, rtol=GRADIENT_TOLERANCE, atol=1e-30):
-            return None
-        pi = stats.proj_mean * s  # [N, P]: g_{i,p}ᵀ∇_p L
-        if not any(rule.momentum):
-            return -lr * pi
-        # b_{t−1}: the pending start's buffers, projected before this step, and still the same tensors now
-        if (pending is None or not pending.live or prepared is None or prepared.pending_projection is None
-                or any(a is not b for a, b in zip(pending.direction, direction))):
-            return None
         mu = torch.tensor(rule.momentum, dtype=torch.float64)
         tau = torch.tensor(rule.dampening, dtype=torch.float64)
-        return -lr * (mu * prepared.pending_projection + (1 - tau) * pi)
+        previous = prepared.pending_projection  # [N, P] g_{i,p}ᵀ b_{t−1,p}
+        # the step's own check: ‖b_t‖² if ∇L_t = s·ḡ (ḡ the per-sample mean), against ‖b_t‖² as the step left it
+        cross = 2 * mu * (1 - tau) * s * previous.mean(0)  # 2μ(1−τ) b_{t−1}ᵀ∇L
+        old = mu.square() * pending.buffer_sq_norms
+        new = (1 - tau).square() * s * s * stats.mean_grad_sq_norms
+        expected = old + cross + new
+        if not bool(((expected - buffer_sq).abs() <= GRADIENT_TOLERANCE * (old + cross.abs() + new) + 1e-30).all()):
+            return None
+        pi = stats.proj_mean * s  # [N, P]: g_{i,p}ᵀ∇_p L
+        return -lr * (mu * previous + (1 - tau) * pi)

@@ -251,19 +251,22 @@ class UpdateNorms(Provider):
     """Per-parameter update norms ‖θ_{t+1,l} − θ_{t,l}‖₂.
 
     In general from the update Δθ_t (a copy of θ_t before the step, then a subtraction: two passes over the
-    parameters and a third for the norms). For ``torch.optim.SGD`` itself the step is known exactly from its
-    own state, so nothing is copied: with momentum (heavy-ball, any dampening, any weight decay) SGD sets
-    θ_{t+1} = θ_t − lr·b_t with its momentum buffer b_t, so ‖Δθ_l‖ = lr·‖b_l‖; without momentum or weight
-    decay Δθ = −lr·∇L, whose norms are already known. One pass instead of three: on the 784-1000-500-100-10 MLP
-    (2 cores) 0.2 instead of 1.3 ms per step.
+    parameters and a third for the norms). For ``torch.optim.SGD`` with momentum the step is known exactly from
+    its own state, so nothing is copied: heavy-ball (any dampening, weight decay or maximize) sets
+    θ_{t+1} = θ_t − lr·b_t with its momentum buffer b_t as the step leaves it, so ‖Δθ_l‖ = lr·‖b_l‖. One pass
+    instead of three: on the 784-1000-500-100-10 MLP (2 cores) 0.3 instead of 1.3 ms per step.
 
     That rule is taken only where it holds by construction: the optimizer is exactly ``torch.optim.SGD`` (not
-    a subclass, which may step differently), without Nesterov, every tracked parameter is in it, no
-    ``GradScaler`` may skip or unscale inside the step, and no other step post-hook may change the parameters
-    after it. Where an update is needed as a tensor anyway this step (``update``: alpha, the curvature
-    instruments), its norms are taken from it. The two agree up to float32 rounding of θ_{t+1}: per entry
-    ulp(θ)/2, negligible unless the update is below the parameters' resolution (update-to-weight ratios of
-    1e-7), where the rounded update taken may differ from the one SGD computed, even be 0.
+    a subclass, which may step differently), with momentum, without Nesterov or the fused kernel, every tracked
+    parameter is in it, no ``GradScaler`` may skip or unscale inside the step, and no other step post-hook may
+    change the parameters after it. Which parameters moved is read off the buffers (SGD updates a buffer exactly
+    when it moves its parameter), so gradients made inside a closure or zeroed right after the step do not
+    matter. Without momentum the update is −lr·∇L with ∇L as it was inside the step (after pre-hooks, closures,
+    a framework's clipping), which cannot be known before it: those steps take the copy. Where an update is
+    needed as a tensor anyway this step (``update``: the curvature instruments, CABS), its norms are taken from
+    it. The two agree up to float32 rounding of θ_{t+1}: per entry ulp(θ)/2, negligible unless the update is
+    below the parameters' resolution (update-to-weight ratios of 1e-7), where the rounded update taken may
+    differ from the one SGD computed, even be 0.
     """
 
     name = "update_norms"
@@ -276,49 +279,48 @@ class UpdateNorms(Provider):
         self._rule = None if "update" in ctx.needed_providers else sgd_step(self.inspector)
         if self._rule is None:
             ctx.get("params_before_update")  # the general path needs θ_t before the optimizer overwrites it
-        elif not all(self._rule.momentum):
-            ctx.get("grad_norms")  # now: the gradients may be zeroed before the update phase (inside the block)
 
     def compute(self, ctx: StepContext) -> torch.Tensor:
         rule, self._rule = self._rule, None
         if rule is None or ctx.phase != "update" or not ctx.optimizer_stepped:
             return tensor_norms(ctx.get("update"))
         lrs = torch.tensor(rule.lr, dtype=torch.float64)
-        moved = torch.tensor(rule.has_grad, dtype=torch.float64)  # SGD skips a parameter without gradient
-        if not any(rule.momentum):  # Δθ = −lr·∇L
-            return lrs * ctx.get("grad_norms") * moved
-        norms = tensor_norms(rule.buffers(ctx.params, self.inspector.optimizer))
-        if not all(rule.momentum):
-            with_buffer = torch.tensor([m != 0.0 for m in rule.momentum])
-            norms = torch.where(with_buffer, norms, ctx.get("grad_norms"))
-        return lrs * norms * moved
+        return lrs * tensor_norms(rule.buffers(ctx.params, self.inspector.optimizer))
 
 
 @dataclass
 class SGDStep:
-    """``torch.optim.SGD``'s settings per tracked parameter, taken just before a step known to be θ ← θ − lr·b
-    (see :func:`sgd_step`): b is the momentum buffer after the step where momentum ≠ 0, else the gradient."""
+    """``torch.optim.SGD`` with momentum, per tracked parameter, taken just before a step known to be
+    θ ← θ − lr·b with the momentum buffer b as the step leaves it (see :func:`sgd_step`)."""
 
     lr: list[float]
     momentum: list[float]
     dampening: list[float]
     weight_decay: list[float]
     maximize: list[bool]
-    #: the parameter had a gradient when the step began (SGD skips those without: they do not move)
-    has_grad: list[bool]
+    #: each parameter's momentum buffer before the step and its in-place version: SGD updates the buffer (in
+    #: place, or creates it) exactly when it moves the parameter, so the step's effect is read off the buffers,
+    #: whenever and however the gradients were made (inside a closure, zeroed afterwards)
+    before: list[tuple[torch.Tensor | None, int]]
+
+    def moved(self, params: list[torch.Tensor], optimizer: torch.optim.Optimizer) -> list[bool]:
+        """Which parameters the step moved (SGD skips those without gradient); after the step."""
+        out = []
+        for p, (old, version) in zip(params, self.before):
+            new = optimizer.state.get(p, {}).get("momentum_buffer")
+            out.append(new is not None and (new is not old or new._version != version))
+        return out
 
     def buffers(self, params: list[torch.Tensor], optimizer: torch.optim.Optimizer) -> list[torch.Tensor]:
         """The momentum buffers b after the step (the live tensors: valid until the next ``optimizer.step()``);
-        a zero of one element for a parameter without momentum or without gradient."""
-        return [optimizer.state[p]["momentum_buffer"] if momentum and moved
-                else torch.zeros(1, dtype=p.dtype, device=p.device)
-                for p, momentum, moved in zip(params, self.momentum, self.has_grad)]
+        a zero of one element for a parameter the step did not move."""
+        return [optimizer.state[p]["momentum_buffer"] if moved else torch.zeros(1, dtype=p.dtype, device=p.device)
+                for p, moved in zip(params, self.moved(params, optimizer))]
 
 
 def sgd_step(inspector: Inspector) -> SGDStep | None:
-    """The coming ``optimizer.step()``'s settings if it will be exactly ``torch.optim.SGD``'s θ ← θ − lr·b (b the
-    momentum buffer, or the gradient without momentum and weight decay); None where that cannot be guaranteed
-    (see :class:`UpdateNorms`)."""
+    """The coming ``optimizer.step()``'s settings if it will be exactly ``torch.optim.SGD``'s θ ← θ − lr·b with
+    momentum (b its momentum buffer); None where that cannot be guaranteed (see :class:`UpdateNorms`)."""
     optimizer = inspector.optimizer
     if type(optimizer) is not torch.optim.SGD or inspector.grad_scaler is not None:
         return None
@@ -328,18 +330,25 @@ def sgd_step(inspector: Inspector) -> SGDStep | None:
         return None
     by_param: dict[int, tuple[float, float, float, float, bool]] = {}
     for group in optimizer.param_groups:
-        momentum, decay = float(group.get("momentum", 0.0)), float(group.get("weight_decay", 0.0))
-        if group.get("nesterov", False) or (momentum == 0.0 and decay != 0.0):
+        momentum = float(group.get("momentum", 0.0))
+        # without momentum the update is −lr·∇L with ∇L as it was *inside* the step (after any pre-hook, closure
+        # or clipping by a framework): not knowable here, so those take the copy; the fused kernel does not
+        # mark the buffers it changes (their in-place version stays), so its steps cannot be read off them
+        if group.get("nesterov", False) or momentum == 0.0 or group.get("fused", False):
             return None
-        settings = (float(group["lr"]), momentum, float(group.get("dampening", 0.0)), decay,
-                    bool(group.get("maximize", False)))
+        settings = (float(group["lr"]), momentum, float(group.get("dampening", 0.0)),
+                    float(group.get("weight_decay", 0.0)), bool(group.get("maximize", False)))
         for p in group["params"]:
             by_param[id(p)] = settings
     rule = [by_param.get(id(p)) for p in inspector.params]
     if any(r is None for r in rule):
         return None
-    return SGDStep(*(list(column) for column in zip(*rule)),  # type: ignore[arg-type]
-                   has_grad=[p.grad is not None for p in inspector.params])
+    state = optimizer.state
+    before = []
+    for p in inspector.params:
+        b = state.get(p, {}).get("momentum_buffer") if p in state else None
+        before.append((b, b._version if b is not None else -1))
+    return SGDStep(*(list(column) for column in zip(*rule)), before=before)  # type: ignore[arg-type]
 
 
 class InitialParameters(Provider):
