@@ -29,7 +29,7 @@ from trainspect.engine.values import SeriesInfo
 from trainspect.functional.batch_tests import alpha_quadratic_fit
 from trainspect.instruments.base import Instrument
 from trainspect.providers.per_sample import project_per_sample
-from trainspect.providers.snapshots import SGDStep, sgd_step, tensor_norms
+from trainspect.providers.snapshots import SGDStep, tensor_norms
 
 if TYPE_CHECKING:
     from trainspect.engine.context import StepContext
@@ -128,7 +128,7 @@ class Alpha(Instrument):
         projection = None
         if pending is not None and pending.live and self._intact(pending, ctx):
             projection = project_per_sample(ctx, [pending.direction])[:, :, 0]  # g_i(θ_t)ᵀ b_{t−1}
-        rule = sgd_step(ctx.inspector) if self.schedule(ctx.step) else None
+        rule = ctx.get("sgd_step") if self.schedule(ctx.step) else None
         if rule is None and self.schedule(ctx.step):
             ctx.get("params_before_update")  # the update as a tensor, after the step
         self._prepared = _Prepared(ctx.step, rule, projection)
@@ -219,10 +219,11 @@ class Alpha(Instrument):
         applies, its slopes g_{i,p}ᵀd_{t,p} [N, P] (else None: project the direction). No start (None, None) if
         the step left a parameter unmoved (no gradient): b would not be its update, and θ_t was not copied."""
         optimizer = ctx.optimizer
-        if not all(rule.moved(ctx.params, optimizer)):  # type: ignore[arg-type]
+        moved = rule.moved(ctx.params, optimizer)  # type: ignore[arg-type]
+        if not all(moved):
             return None, None
         lr = torch.tensor(rule.lr, dtype=torch.float64)
-        direction = rule.buffers(ctx.params, optimizer)  # type: ignore[arg-type]
+        direction = rule.buffers(ctx.params, optimizer, moved)  # type: ignore[arg-type]
         buffer_sq = tensor_norms(direction).square()
         length = float((lr.square() * buffer_sq).sum().sqrt())
         start = _Start(ctx.step, direction, -lr, True, [b._version for b in direction], length, 0.0, 0.0, 0.0, 0.0,

@@ -276,7 +276,7 @@ class UpdateNorms(Provider):
         self._rule: SGDStep | None = None  # decided before each step
 
     def before_update(self, ctx: StepContext) -> None:
-        self._rule = None if "update" in ctx.needed_providers else sgd_step(self.inspector)
+        self._rule = None if "update" in ctx.needed_providers else ctx.get("sgd_step")
         if self._rule is None:
             ctx.get("params_before_update")  # the general path needs θ_t before the optimizer overwrites it
 
@@ -311,11 +311,13 @@ class SGDStep:
             out.append(new is not None and (new is not old or new._version != version))
         return out
 
-    def buffers(self, params: list[torch.Tensor], optimizer: torch.optim.Optimizer) -> list[torch.Tensor]:
+    def buffers(self, params: list[torch.Tensor], optimizer: torch.optim.Optimizer,
+                moved: list[bool] | None = None) -> list[torch.Tensor]:
         """The momentum buffers b after the step (the live tensors: valid until the next ``optimizer.step()``);
-        a zero of one element for a parameter the step did not move."""
-        return [optimizer.state[p]["momentum_buffer"] if moved else torch.zeros(1, dtype=p.dtype, device=p.device)
-                for p, moved in zip(params, self.moved(params, optimizer))]
+        a zero of one element for a parameter the step did not move (``moved``: :meth:`moved`, if known)."""
+        moved = self.moved(params, optimizer) if moved is None else moved
+        return [optimizer.state[p]["momentum_buffer"] if m else torch.zeros(1, dtype=p.dtype, device=p.device)
+                for p, m in zip(params, moved)]
 
 
 def sgd_step(inspector: Inspector) -> SGDStep | None:
@@ -349,6 +351,18 @@ def sgd_step(inspector: Inspector) -> SGDStep | None:
         b = state.get(p, {}).get("momentum_buffer") if p in state else None
         before.append((b, b._version if b is not None else -1))
     return SGDStep(*(list(column) for column in zip(*rule)), before=before)  # type: ignore[arg-type]
+
+
+class SGDStepRule(Provider):
+    """:func:`sgd_step` for this step, shared by its consumers (update norms, alpha). It describes the coming
+    ``optimizer.step()`` (the momentum buffers as they are before it), so it must be asked for before the step."""
+
+    name = "sgd_step"
+
+    def compute(self, ctx: StepContext) -> SGDStep | None:
+        if ctx.phase == "update":
+            raise NotAvailable("the SGD rule describes the coming optimizer.step(): ask for it before the step")
+        return sgd_step(self.inspector)
 
 
 class InitialParameters(Provider):
