@@ -3,7 +3,8 @@
 
 Two steps are needed. At a scheduled step t (parameters θ_t) the optimizer takes the update d_t =
 θ_{t+1} − θ_t — the update actually taken, whatever the optimizer (momentum, Adam, weight decay, clipping),
-from the engine's ``update`` provider. Then:
+from the engine's ``update`` provider (a copy of θ_t before the step), or, for ``torch.optim.SGD`` with momentum,
+from the optimizer's own state (see :class:`Alpha`). Then:
 
 * at step t (after ``optimizer.step()``): f0 = mean_i ℓ_i(θ_t), its sample variance, and the per-sample
   directional derivatives g_iᵀd_t/‖d_t‖ (their mean df0 and variance) — projected from the captured
