@@ -224,8 +224,8 @@ class Alpha(Instrument):
         if not all(moved):
             return None, None
         lr = torch.tensor(rule.lr, dtype=torch.float64)
-        direction = rule.buffers(ctx.params, optimizer, moved)  # type: ignore[arg-type]
-        buffer_sq = tensor_norms(direction).square()
+        direction = rule.buffers(ctx.params, optimizer)  # type: ignore[arg-type]
+        buffer_sq = rule.buffer_norms(ctx.params, optimizer).square()  # type: ignore[arg-type]  (shared)
         length = float((lr.square() * buffer_sq).sum().sqrt())
         start = _Start(ctx.step, direction, -lr, True, [b._version for b in direction], length, 0.0, 0.0, 0.0, 0.0,
                        buffer_sq)

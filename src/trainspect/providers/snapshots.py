@@ -7,7 +7,7 @@ instruments small on tiny models (a plain step of the digits MLP takes a fractio
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import torch
@@ -285,7 +285,7 @@ class UpdateNorms(Provider):
         if rule is None or ctx.phase != "update" or not ctx.optimizer_stepped:
             return tensor_norms(ctx.get("update"))
         lrs = torch.tensor(rule.lr, dtype=torch.float64)
-        return lrs * tensor_norms(rule.buffers(ctx.params, self.inspector.optimizer))
+        return lrs * rule.buffer_norms(ctx.params, self.inspector.optimizer)
 
 
 @dataclass
@@ -303,21 +303,32 @@ class SGDStep:
     #: whenever and however the gradients were made (inside a closure, zeroed afterwards)
     before: list[tuple[torch.Tensor | None, int]]
 
-    def moved(self, params: list[torch.Tensor], optimizer: torch.optim.Optimizer) -> list[bool]:
-        """Which parameters the step moved (SGD skips those without gradient); after the step."""
-        out = []
-        for p, (old, version) in zip(params, self.before):
-            new = optimizer.state.get(p, {}).get("momentum_buffer")
-            out.append(new is not None and (new is not old or new._version != version))
-        return out
+    _moved: list[bool] | None = field(default=None, repr=False)
+    _buffer_norms: torch.Tensor | None = field(default=None, repr=False)
 
-    def buffers(self, params: list[torch.Tensor], optimizer: torch.optim.Optimizer,
-                moved: list[bool] | None = None) -> list[torch.Tensor]:
+    # The methods below read the step's effect: call them after the step. Each step has its own SGDStep (the
+    # ``sgd_step`` provider's value), so what they compute is kept and shared by its consumers.
+    def moved(self, params: list[torch.Tensor], optimizer: torch.optim.Optimizer) -> list[bool]:
+        """Which parameters the step moved (SGD skips those without gradient)."""
+        if self._moved is None:
+            out = []
+            for p, (old, version) in zip(params, self.before):
+                new = optimizer.state.get(p, {}).get("momentum_buffer")
+                out.append(new is not None and (new is not old or new._version != version))
+            self._moved = out
+        return self._moved
+
+    def buffers(self, params: list[torch.Tensor], optimizer: torch.optim.Optimizer) -> list[torch.Tensor]:
         """The momentum buffers b after the step (the live tensors: valid until the next ``optimizer.step()``);
-        a zero of one element for a parameter the step did not move (``moved``: :meth:`moved`, if known)."""
-        moved = self.moved(params, optimizer) if moved is None else moved
+        a zero of one element for a parameter the step did not move."""
         return [optimizer.state[p]["momentum_buffer"] if m else torch.zeros(1, dtype=p.dtype, device=p.device)
-                for p, m in zip(params, moved)]
+                for p, m in zip(params, self.moved(params, optimizer))]
+
+    def buffer_norms(self, params: list[torch.Tensor], optimizer: torch.optim.Optimizer) -> torch.Tensor:
+        """‖b_l‖ per parameter (float64), computed once for update norms and alpha."""
+        if self._buffer_norms is None:
+            self._buffer_norms = tensor_norms(self.buffers(params, optimizer))
+        return self._buffer_norms
 
 
 def sgd_step(inspector: Inspector) -> SGDStep | None:
