@@ -202,6 +202,16 @@ class BilinearLayer(LayerStatistics):
                   * self.A.reshape(-1).index_select(0, torch.add(cols, a_offsets)))
         return values, torch.add(cols, rows, alpha=self.din)
 
+    def outer_factors(self, local: int) -> tuple[torch.Tensor, torch.Tensor | None] | None:
+        if self.roles[local] == "bias":
+            if self.T == 1 and self.G.is_contiguous():  # Σ_t δ_{i,t} is δ_i itself: no sum needed
+                return self.G.reshape(self.batch_size, self.dout), None
+            b = self.bias_grads
+            return (b, None) if b.is_contiguous() else None
+        if self.T != 1 or not (self.G.is_contiguous() and self.A.is_contiguous()):
+            return None
+        return self.G.reshape(self.batch_size, self.dout), self.A.reshape(self.batch_size, self.din)
+
     def chunks(self, local: int) -> Iterator[torch.Tensor]:
         if self.roles[local] == "bias":
             yield self.bias_grads

@@ -32,7 +32,7 @@ from trainspect.providers.base import Provider
 from trainspect.providers.per_sample import conv, embedding, linear, norm  # noqa: F401
 from trainspect.providers.per_sample.capture import LayerCapture
 from trainspect.providers.per_sample.fallback import FunctionalPerSampleGradients, fallback_layer
-from trainspect.providers.per_sample.layer import DEFAULT_MEMORY_CAP, LayerStatistics
+from trainspect.providers.per_sample.layer import DEFAULT_MEMORY_CAP, LayerStatistics, sample_outer_elements
 from trainspect.providers.per_sample.norm import BATCH_NORMS
 from trainspect.providers.per_sample.registry import find_fast_path
 from trainspect.providers.per_sample.stats import GradientElementSample, PerSampleGradStats
@@ -359,24 +359,37 @@ class PerSampleGradients(Provider):
         total_numel = sum(numels)
         factor = self.histogram_2d_factor if with_params else 1
         floor = self.histogram_min_samples if per_layer else self.histogram_global_min_samples
-        values, pvals, layer_ids, counts, weights = [], [], [], [], []
+        drawn: list[tuple[torch.Tensor, torch.Tensor] | None] = []  # (values, coordinates) per parameter
+        layer_ids, totals = [], []
+        outer: list[tuple[int, tuple[torch.Tensor, torch.Tensor | None], int]] = []  # sampled together below
         for h in layers.handlers:
             for loc, idx in enumerate(h.param_indices):
                 numel = numels[idx]
                 total = n * numel
                 budget = factor * max(floor, round(self.histogram_samples * numel / total_numel))
                 dev = ctx.params[idx].device
+                layer_ids.append(idx)
+                totals.append(total)
                 if total <= budget:
                     samples, coords = self._all_pairs(n, numel, dev)
-                    v = h.elements(loc, samples, coords)
+                    drawn.append((h.elements(loc, samples, coords), coords))
+                    continue
+                factors = h.outer_factors(loc)
+                if factors is not None and factors[0].device == dev:
+                    outer.append((len(drawn), factors, -(-budget // n)))
+                    drawn.append(None)
                 else:
-                    v, coords = h.sample_elements(loc, budget, gen, dev)
-                values.append(v.to(torch.float64))
-                if with_params:  # only the 2-D histograms need θ at the sampled coordinates
-                    pvals.append(ctx.params[idx].detach().reshape(-1).index_select(0, coords).to(torch.float64))
-                layer_ids.append(idx)
-                counts.append(v.shape[0])
-                weights.append(total / v.shape[0])
+                    drawn.append(h.sample_elements(loc, budget, gen, dev))
+        pairs = sample_outer_elements([f for _, f, _ in outer], [k for *_, k in outer], gen)
+        for (pos, _, _), pair in zip(outer, pairs):
+            drawn[pos] = pair
+        values, pvals, counts, weights = [], [], [], []
+        for idx, total, (v, coords) in zip(layer_ids, totals, drawn):  # type: ignore[misc]
+            values.append(v.to(torch.float64))
+            if with_params:  # only the 2-D histograms need θ at the sampled coordinates
+                pvals.append(ctx.params[idx].detach().reshape(-1).index_select(0, coords).to(torch.float64))
+            counts.append(v.shape[0])
+            weights.append(total / v.shape[0])
         # per-element layer index and weight: constant runs (fills are far cheaper than repeat_interleave)
         total_count = sum(counts)
         layer = torch.empty(total_count, dtype=torch.int64)
