@@ -75,3 +75,18 @@ def test_handler_factors_reproduce_their_per_sample_gradients():
     torch.testing.assert_close(_explicit(*explicit.outer_factors(0)), grads[0].reshape(n, -1))
     chunked = ExplicitLayer([0], [torch.Size([2, 3])], n, chunk_fn=lambda: iter([grads]))
     assert chunked.outer_factors(0) is None
+
+
+def test_a_handlers_own_sampling_uses_its_factors_and_positions_their_own_draw():
+    torch.manual_seed(0)
+    n, din, dout = 4, 5, 3
+    for t in (1, 3):
+        layer = BilinearLayer(torch.randn(n, t, din), torch.randn(n, t, dout), 0, 1, torch.Size([dout, din]),
+                              torch.Size([dout]))
+        for local in (0, 1):
+            full = next(layer.chunks(local)).reshape(n, -1)
+            values, coords = layer.sample_elements(local, 10, torch.Generator().manual_seed(2), torch.device("cpu"))
+            k = -(-10 // n)
+            samples = torch.arange(n).repeat_interleave(k)
+            assert values.shape == coords.shape == (n * k,)
+            torch.testing.assert_close(values, full[samples, coords])

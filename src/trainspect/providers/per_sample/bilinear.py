@@ -185,22 +185,13 @@ class BilinearLayer(LayerStatistics):
 
     def sample_elements(self, local: int, count: int, generator: torch.Generator,
                         device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-        if self.roles[local] == "bias":
-            return super().sample_elements(local, count, generator, device)
-        # a uniform coordinate of the Dout×Din weight is a uniform (row, column) pair: no division needed
-        if self.T != 1:
-            samples = stratified_samples(self.batch_size, count, device)
-            rows = uniform_indices(generator, self.dout, samples.shape[0], device)
-            cols = uniform_indices(generator, self.din, samples.shape[0], device)
-            return self._weight_elements(samples, rows, cols), torch.add(cols, rows, alpha=self.din)
-        # T = 1: flat offsets of each sample's row of Δ and of A (cached), plus the drawn row / column
-        g_offsets = stratified_samples(self.batch_size, count, device, scale=self.dout)
-        a_offsets = stratified_samples(self.batch_size, count, device, scale=self.din)
-        rows = uniform_indices(generator, self.dout, g_offsets.shape[0], device)
-        cols = uniform_indices(generator, self.din, g_offsets.shape[0], device)
-        values = (self.G.reshape(-1).index_select(0, torch.add(rows, g_offsets))
-                  * self.A.reshape(-1).index_select(0, torch.add(cols, a_offsets)))
-        return values, torch.add(cols, rows, alpha=self.din)
+        if self.roles[local] == "bias" or self.outer_factors(local) is not None:
+            return super().sample_elements(local, count, generator, device)  # from the outer factors
+        # positions: a uniform coordinate of the Dout×Din weight is a uniform (row, column) pair
+        samples = stratified_samples(self.batch_size, count, device)
+        rows = uniform_indices(generator, self.dout, samples.shape[0], device)
+        cols = uniform_indices(generator, self.din, samples.shape[0], device)
+        return self._weight_elements(samples, rows, cols), torch.add(cols, rows, alpha=self.din)
 
     def outer_factors(self, local: int) -> tuple[torch.Tensor, torch.Tensor | None] | None:
         if self.roles[local] == "bias":

@@ -35,16 +35,16 @@ def uniform_indices(generator: torch.Generator, high: int, count: int, device: t
 _STRATA: dict[tuple[int, int, int, str], torch.Tensor] = {}
 
 
-def stratified_samples(batch_size: int, count: int, device: torch.device, scale: int = 1) -> torch.Tensor:
-    """Sample indices 0..N−1, each repeated ⌈count/N⌉ times, times ``scale`` (a row offset); cached, since they
-    are the same every step. The sample size becomes N·⌈count/N⌉."""
+def stratified_samples(batch_size: int, count: int, device: torch.device) -> torch.Tensor:
+    """Sample indices 0..N−1, each repeated ⌈count/N⌉ times; cached, since they are the same every step. The
+    sample size becomes N·⌈count/N⌉."""
     per_sample = -(-count // batch_size)
-    key = (batch_size, per_sample, scale, str(device))
+    key = (batch_size, per_sample, str(device))
     out = _STRATA.get(key)
     if out is None:
         if len(_STRATA) > 64:
             _STRATA.clear()
-        out = _STRATA[key] = torch.arange(batch_size, device=device).mul_(scale).repeat_interleave(per_sample)
+        out = _STRATA[key] = torch.arange(batch_size, device=device).repeat_interleave(per_sample)
     return out
 
 
@@ -83,8 +83,12 @@ class LayerStatistics:
         sample i (every pair equally likely); returns (values, coordinates c).
 
         A handler may draw the coordinates in its own terms (e.g. row and column of a weight matrix); this
-        default draws c and calls :meth:`elements`.
+        default samples the :meth:`outer_factors` if there are any (:func:`sample_outer_elements`), else draws
+        c and calls :meth:`elements`.
         """
+        factors = self.outer_factors(local)
+        if factors is not None:
+            return sample_outer_elements([factors], [-(-count // self.batch_size)], generator)[0]
         numel = self.shapes[local].numel()
         samples = stratified_samples(self.batch_size, count, device)
         coords = uniform_indices(generator, numel, samples.shape[0], device)
