@@ -32,7 +32,7 @@ def uniform_indices(generator: torch.Generator, high: int, count: int, device: t
     return torch.randint(0, high, (count,), generator=generator).to(device)
 
 
-_STRATA: dict[tuple[int, int, int, str], torch.Tensor] = {}
+_STRATA: dict[tuple[int, int, str], torch.Tensor] = {}
 
 
 def stratified_samples(batch_size: int, count: int, device: torch.device) -> torch.Tensor:
