@@ -11,12 +11,17 @@ briefly trained so the Hessian has its usual outlier structure:
    (ours: rtol 1e-3; PyHessian: relative change < 1e-3, at most 100 iterations). The exact value is a
    Lanczos run to rtol 1e-10 (its error bound is printed). Ours reports the Gauss–Radau estimate from the
    Lanczos products (``trainspect.functional.lanczos``); the count for the plain Ritz value (``refine=False``,
-   the same products) is printed alongside.
+   the same products) is printed alongside. Both of the instrument's modes are measured along the same
+   training run: curvature on each measured step's own mini-batch (``curvature_batch=None``, the default)
+   and on one fixed batch of 128 training samples (``curvature_batch=(x, y)``). With step batches the
+   top eigenvector of one batch's Hessian is a poor start for the next batch's, so the warm start saves
+   little; on a fixed batch it changes only as θ does, and the warm start saves most of the products.
 3. **trace**: Hutch++ (ours, 60 products) vs. plain Hutchinson: the number of Hutchinson probes needed
    for the same standard error, from Hutchinson's per-probe standard deviation (medians over seeds).
 
 Last lines: ``lambda_max products ratio (power/ours): X.X`` and ``trace probes ratio (hutchinson/ours): Y.Y``
-(medians over the three models). Run:
+(medians over the three models; the λ_max headline is the fixed-batch mode, the step-batch ratio is printed
+on the line before). Run:
 
     OMP_PROC_BIND=true OMP_PLACES=cores PYTHONPATH=src python benchmarks/curvature.py [--quick]
 """
@@ -158,54 +163,64 @@ def lanczos_to_target(op, exact: float, seed: int, start: torch.Tensor | None):
     return res, seconds, k
 
 
-def lambda_max_during_training(model, data, loss_fn, lr: float, measure_at: list[int], power_cap: int):
-    """Train with Adam; at the scheduled steps measure λ_max of that step's mini-batch Hessian as the
-    instrument would (warm-started Lanczos), and cold-started Lanczos and power iteration for comparison."""
+def measure_lambda_max(op, step: int, power_cap: int, prev_ours, prev_power, label: str):
+    """One measurement as the instrument would make it (warm-started Lanczos) plus the baselines
+    (cold Lanczos, power iteration cold and warm, PyHessian's own stopping rule) on the operator ``op``.
+    Returns (row, new Lanczos vector, new power-iteration vector)."""
+    ref = lanczos_extreme_eigenvalues(op.matvec, op.dim, rtol=1e-10, max_iter=min(op.dim, 300),
+                                      seed=10**6 + step, which="largest")
+    exact = ref.largest
+    _, t_cold, k_cold = lanczos_to_target(op, exact, step, None)
+    start = warm(prev_ours, step) if prev_ours is not None else None
+    hot, t_hot, k_hot = lanczos_to_target(op, exact, step, start)
+    k_ritz = ritz_to_target(op, exact, step, start)
+    # PyHessian's own rule: tol 1e-3 (its default) and tol 1e-4 (one history: same seed and start)
+    _, _, own_hist, _ = power_iteration(op.matvec, op.dim, max_iter=100, seed=step, tol=1e-4)
+    own_k = rule_stop(own_hist, 1e-3)
+    own = own_hist[own_k - 1]
+    own4_k = rule_stop(own_hist, 1e-4)
+    own4_err = abs(own_hist[own4_k - 1] - exact) / exact
+    t0 = time.perf_counter()
+    _, _, hist, _ = power_iteration(op.matvec, op.dim, max_iter=power_cap, seed=step, reference=exact)
+    t_power = time.perf_counter() - t0
+    p_cold = first_within(hist, exact) or power_cap
+    pstart = warm(prev_power, step) if prev_power is not None else None
+    _, _, hist_w, v = power_iteration(op.matvec, op.dim, max_iter=power_cap, seed=step, reference=exact,
+                                      start=pstart)
+    p_warm = first_within(hist_w, exact) or power_cap
+    row = dict(step=step, exact=exact, ref_err=ref.error_bound_largest, cold=k_cold, warm=k_hot, ritz=k_ritz,
+               own=hot.num_matvecs, own_err=abs(hot.largest - exact) / exact, t_warm=t_hot, t_cold=t_cold,
+               power=p_cold, power_warm=p_warm, t_power=t_power, power_own=own_k,
+               power_own_err=abs(own - exact) / exact, power_own4=own4_k, power_own4_err=own4_err,
+               first=start is None)
+    print(f"  step {step} ({label}): exact λ_max {exact:.5g} (bound {ref.error_bound_largest:.0e}); products to "
+          f"1e-3: Lanczos warm {k_hot}{' (first: cold)' if start is None else ''} (Ritz value {k_ritz}), "
+          f"cold {k_cold}; power iteration cold {p_cold}{'+' if p_cold >= power_cap else ''}, warm {p_warm}. "
+          f"Own stopping rules: Lanczos {hot.num_matvecs} products, rel. error {row['own_err']:.1e}; PyHessian "
+          f"{own_k} products, rel. error {row['power_own_err']:.1e}; PyHessian tol 1e-4 {own4_k} products, rel. "
+          f"error {own4_err:.1e}")
+    return row, hot.largest_vector, v
+
+
+def lambda_max_during_training(model, data, loss_fn, lr: float, measure_at: list[int], power_cap: int,
+                               fixed: tuple[torch.Tensor, torch.Tensor]):
+    """Train with Adam; at the scheduled steps measure λ_max as the instrument would (warm-started Lanczos),
+    with cold-started Lanczos and power iteration for comparison, in both of the instrument's modes: on that
+    step's mini-batch (``curvature_batch=None``) and on one fixed batch (``curvature_batch=(x, y)``).
+    Returns {"step batch": rows, "fixed batch": rows}."""
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     gen = torch.Generator().manual_seed(0)
-    rows = []
-    prev_ours = prev_power = None
+    rows: dict[str, list[dict]] = {"step batch": [], "fixed batch": []}
+    prev = {mode: (None, None) for mode in rows}
     for step in range(max(measure_at) + 1):
         idx = torch.randint(0, len(data.x_train), (128,), generator=gen)
         x, y = data.x_train[idx], data.y_train[idx]
         if step in measure_at:
-            op = HessianOperator(model, loss_fn, x, y)
-            ref = lanczos_extreme_eigenvalues(op.matvec, op.dim, rtol=1e-10, max_iter=min(op.dim, 300),
-                                              seed=10**6 + step, which="largest")
-            exact = ref.largest
-            _, t_cold, k_cold = lanczos_to_target(op, exact, step, None)
-            start = warm(prev_ours, step) if prev_ours is not None else None
-            hot, t_hot, k_hot = lanczos_to_target(op, exact, step, start)
-            k_ritz = ritz_to_target(op, exact, step, start)
-            prev_ours = hot.largest_vector
-            # PyHessian's own rule: tol 1e-3 (its default) and tol 1e-4 (one history: same seed and start)
-            _, _, own_hist, _ = power_iteration(op.matvec, op.dim, max_iter=100, seed=step, tol=1e-4)
-            own_k = rule_stop(own_hist, 1e-3)
-            own = own_hist[own_k - 1]
-            own4_k = rule_stop(own_hist, 1e-4)
-            own4_err = abs(own_hist[own4_k - 1] - exact) / exact
-            t0 = time.perf_counter()
-            _, _, hist, _ = power_iteration(op.matvec, op.dim, max_iter=power_cap, seed=step, reference=exact)
-            t_power = time.perf_counter() - t0
-            p_cold = first_within(hist, exact) or power_cap
-            pstart = warm(prev_power, step) if prev_power is not None else None
-            _, _, hist_w, v = power_iteration(op.matvec, op.dim, max_iter=power_cap, seed=step, reference=exact,
-                                              start=pstart)
-            prev_power = v
-            p_warm = first_within(hist_w, exact) or power_cap
-            row = dict(step=step, exact=exact, ref_err=ref.error_bound_largest, cold=k_cold, warm=k_hot, ritz=k_ritz,
-                       own=hot.num_matvecs, own_err=abs(hot.largest - exact) / exact, t_warm=t_hot, t_cold=t_cold,
-                       power=p_cold, power_warm=p_warm, t_power=t_power, power_own=own_k,
-                       power_own_err=abs(own - exact) / exact, power_own4=own4_k, power_own4_err=own4_err,
-                       first=start is None)
-            rows.append(row)
-            print(f"  step {step}: exact λ_max {exact:.5g} (bound {ref.error_bound_largest:.0e}); products to 1e-3: "
-                  f"Lanczos warm {k_hot}{' (first: cold)' if start is None else ''} (Ritz value {k_ritz}), "
-                  f"cold {k_cold}; power "
-                  f"iteration cold {p_cold}{'+' if p_cold >= power_cap else ''}, warm {p_warm}. Own stopping rules: "
-                  f"Lanczos {hot.num_matvecs} products, rel. error {row['own_err']:.1e}; PyHessian {own_k} "
-                  f"products, rel. error {row['power_own_err']:.1e}; PyHessian tol 1e-4 {own4_k} products, rel. "
-                  f"error {own4_err:.1e}")
+            for mode, (bx, by) in (("step batch", (x, y)), ("fixed batch", fixed)):
+                op = HessianOperator(model, loss_fn, bx, by)
+                row, ours, power = measure_lambda_max(op, step, power_cap, *prev[mode], mode)
+                rows[mode].append(row)
+                prev[mode] = (ours, power)
         opt.zero_grad()
         loss_fn(model(x), y).backward()
         opt.step()
@@ -228,7 +243,8 @@ def main() -> None:
         "digits CNN": digits_cnn(),
         "transformer": DigitsTransformer(),
     }
-    eig_ratios, cold_ratios, own_ratios, trace_ratios = [], [], [], []
+    ratios = {mode: {"warm": [], "cold": [], "own": []} for mode in ("step batch", "fixed batch")}
+    trace_ratios = []
     for name, model in models.items():
         dim = sum(p.numel() for p in model.parameters())
         print(f"\n== {name}: {dim} parameters; Adam lr 1e-3, batch 128 ==")
@@ -238,25 +254,30 @@ def main() -> None:
         secs = hvp_seconds(model, loss_fn, x, y)
         print("seconds per Hessian-vector product (at init): "
               + ", ".join(f"{k} {v * 1e3:.1f} ms" for k, v in secs.items()))
-        rows = lambda_max_during_training(model, data, loss_fn, 1e-3, measure_at, args.power_cap)
-        later = [r for r in rows if not r["first"]]
+        # the fixed curvature batch: 128 training samples chosen once, as curvature_batch=(x, y) would be
+        fixed_idx = torch.randint(0, len(data.x_train), (128,), generator=torch.Generator().manual_seed(7))
+        fixed = (data.x_train[fixed_idx], data.y_train[fixed_idx])
+        by_mode = lambda_max_during_training(model, data, loss_fn, 1e-3, measure_at, args.power_cap, fixed)
         med = statistics.median
-        ratio = med(r["power"] for r in later) / med(r["warm"] for r in later)
-        cold = med(r["power"] for r in rows) / med(r["cold"] for r in rows)
-        eig_ratios.append(ratio)
-        cold_ratios.append(cold)
-        print(f"λ_max to 1e-3 (medians): Lanczos warm {med(r['warm'] for r in later)} products "
-              f"({med(r['t_warm'] for r in later):.2f} s; plain Ritz value {med(r['ritz'] for r in later)}), "
-              f"Lanczos cold {med(r['cold'] for r in rows)} "
-              f"({med(r['t_cold'] for r in rows):.2f} s), power iteration cold {med(r['power'] for r in rows)} "
-              f"({med(r['t_power'] for r in rows):.2f} s), power warm {med(r['power_warm'] for r in later)}"
-              f" -> ratio power/ours {ratio:.1f} (cold/cold {cold:.1f})")
-        print(f"own stopping rules (medians): Lanczos rtol 1e-3 {med(r['own'] for r in rows)} products, max rel. "
-              f"error {max(r['own_err'] for r in rows):.1e}; PyHessian tol 1e-3 {med(r['power_own'] for r in rows)} "
-              f"products, max rel. error {max(r['power_own_err'] for r in rows):.1e}; PyHessian tol 1e-4 "
-              f"{med(r['power_own4'] for r in rows)} products, max rel. error "
-              f"{max(r['power_own4_err'] for r in rows):.1e}")
-        own_ratios.append(med(r["power_own4"] for r in rows) / med(r["own"] for r in rows))
+        for mode, rows in by_mode.items():
+            later = [r for r in rows if not r["first"]]
+            ratio = med(r["power"] for r in later) / med(r["warm"] for r in later)
+            cold = med(r["power"] for r in rows) / med(r["cold"] for r in rows)
+            ratios[mode]["warm"].append(ratio)
+            ratios[mode]["cold"].append(cold)
+            print(f"λ_max to 1e-3 on the {mode} (medians): Lanczos warm {med(r['warm'] for r in later)} products "
+                  f"({med(r['t_warm'] for r in later):.2f} s; plain Ritz value {med(r['ritz'] for r in later)}), "
+                  f"Lanczos cold {med(r['cold'] for r in rows)} "
+                  f"({med(r['t_cold'] for r in rows):.2f} s), power iteration cold {med(r['power'] for r in rows)} "
+                  f"({med(r['t_power'] for r in rows):.2f} s), power warm {med(r['power_warm'] for r in later)}"
+                  f" -> ratio power/ours {ratio:.1f} (cold/cold {cold:.1f})")
+            print(f"  own stopping rules (medians): Lanczos rtol 1e-3 {med(r['own'] for r in rows)} products, max "
+                  f"rel. error {max(r['own_err'] for r in rows):.1e}; PyHessian tol 1e-3 "
+                  f"{med(r['power_own'] for r in rows)} products, max rel. error "
+                  f"{max(r['power_own_err'] for r in rows):.1e}; PyHessian tol 1e-4 "
+                  f"{med(r['power_own4'] for r in rows)} products, max rel. error "
+                  f"{max(r['power_own4_err'] for r in rows):.1e}")
+            ratios[mode]["own"].append(med(r["power_own4"] for r in rows) / med(r["own"] for r in rows))
 
         # trace: Hutch++ with m products vs. Hutchinson at equal standard error, at the trained state
         op = HessianOperator(model, loss_fn, x, y)
@@ -272,10 +293,13 @@ def main() -> None:
               f"{med(e.standard_error for e in hut):.3g}; Hutchinson needs {needed:.0f} probes for "
               f"± {se_pp:.3g} -> ratio {needed / m:.1f}")
     print()
-    print(f"lambda_max products ratio, both cold-started (power/ours): {statistics.median(cold_ratios):.1f}")
-    print(f"lambda_max products ratio, own stopping rules (PyHessian tol 1e-4 / ours rtol 1e-3): "
-          f"{statistics.median(own_ratios):.1f}")
-    print(f"lambda_max products ratio (power/ours): {statistics.median(eig_ratios):.1f}")
+    med = statistics.median
+    for mode, r in ratios.items():
+        print(f"{mode}: lambda_max products ratio, both cold-started (power/ours): {med(r['cold']):.1f}; own "
+              f"stopping rules (PyHessian tol 1e-4 / ours rtol 1e-3): {med(r['own']):.1f}; warm-started Lanczos "
+              f"(power/ours): {med(r['warm']):.1f}")
+    # the headline is the fixed-batch mode (curvature_batch=(x, y)): the one where the warm start pays off
+    print(f"lambda_max products ratio (power/ours): {med(ratios['fixed batch']['warm']):.1f}")
     print(f"trace probes ratio (hutchinson/ours): {statistics.median(trace_ratios):.1f}")
 
 

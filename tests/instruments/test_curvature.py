@@ -294,3 +294,107 @@ def test_ggn_diagonal_failure_is_explained(monkeypatch):
         opt.step()
     inspector.close()
     assert "exact_max_dim" in inspector.errors[0]["message"]
+
+
+def _run_with_curvature_batch(model, loss_fn, optimizer, batches, instruments, curvature_batch, reference):
+    """Like ``_run`` with ``curvature_batch``: ``reference(x, y)`` sees the step's batch, before the step."""
+    sink = Capture()
+    inspector = trainspect.attach(model, optimizer, loss_fn, store=False, progress=False, sinks=[sink],
+                                  instruments={name: 1 for name in instruments}, checks=None,
+                                  curvature_batch=curvature_batch)
+    refs = []
+    for x, y in batches:
+        optimizer.zero_grad()
+        with inspector.step(x, y):
+            loss_fn(model(x), y).backward()
+        refs.append(reference(x, y))
+        optimizer.step()
+    inspector.close()
+    assert inspector.errors == [], inspector.errors
+    return sink.records, refs
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+def test_a_fixed_curvature_batch_is_measured_instead_of_each_steps_batch(monkeypatch, reduction):
+    monkeypatch.setattr(HessianExtremeEigenvalues, "rtol", 1e-6)
+    model, _, batches = _mlp(3)
+    loss_fn = nn.CrossEntropyLoss(reduction=reduction)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05 if reduction == "sum" else 0.5)
+    gen = torch.Generator().manual_seed(11)
+    # a different size than the steps' batches (16): the sum-loss rescaling must use the fixed batch's 10
+    fx, fy = torch.randn(10, 5, generator=gen, dtype=torch.float64), torch.randint(0, 3, (10,), generator=gen)
+
+    def reference(x, y):
+        H_fixed = dense_hessian(model, loss_fn, fx, fy, vectorize=True)
+        H_step = dense_hessian(model, loss_fn, x, y, vectorize=True)
+        mean_fixed = nn.CrossEntropyLoss()  # TIC's curvature is that of the mean loss
+        tic = _tic_reference_mixed(model, mean_fixed, x, y, fx, fy)
+        return torch.linalg.eigvalsh(H_fixed), torch.diagonal(H_fixed).sum(), torch.linalg.eigvalsh(H_step), tic
+
+    records, refs = _run_with_curvature_batch(
+        model, loss_fn, opt, batches,
+        ["hessian_max_eigenvalue", "hessian_min_eigenvalue", "hessian_trace", "tic_diag", "tic_trace"],
+        (fx, fy), reference)
+    assert len(records) == len(batches)
+    for rec, (evals, trace, step_evals, (tic_diag_ref, tic_trace_ref)) in zip(records, refs):
+        lam_max = float(evals[-1])
+        assert rec.scalars["hessian_max_eigenvalue"] == pytest.approx(lam_max, rel=1e-4)
+        assert rec.scalars["hessian_min_eigenvalue"] == pytest.approx(float(evals[0]), rel=1e-4, abs=1e-4 * lam_max)
+        # the step's own batch has another spectrum: the test can tell which batch was measured
+        assert abs(float(step_evals[-1]) - lam_max) > 1e-3 * lam_max
+        assert rec.scalars["hessian_trace"] == pytest.approx(float(trace), rel=1e-10)
+        assert rec.scalars["tic_diag"] == pytest.approx(tic_diag_ref, rel=1e-8)
+        assert rec.scalars["tic_trace"] == pytest.approx(tic_trace_ref, rel=1e-8)
+
+
+def _tic_reference_mixed(model, loss_fn, x, y, fx, fy):
+    """TIC's formulas with the per-sample second moment of the step's batch (x, y) and the dense Hessian
+    diagonal of the mean loss on the curvature batch (fx, fy)."""
+    params = list(model.parameters())
+    m = torch.zeros(sum(p.numel() for p in params), dtype=torch.float64)
+    for i in range(x.shape[0]):
+        g = torch.autograd.grad(loss_fn(model(x[i:i + 1]), y[i:i + 1]), params)
+        m += flatten(g).square()
+    m /= x.shape[0]
+    d = torch.diagonal(dense_hessian(model, loss_fn, fx, fy, vectorize=True))
+    return float((m / (d + 1e-7)).sum()), float(m.sum() / (d.sum() + 1e-7))
+
+
+def test_curvature_batch_first_keeps_a_copy_of_the_first_steps_batch(monkeypatch):
+    monkeypatch.setattr(HessianExtremeEigenvalues, "rtol", 1e-6)
+    model, loss_fn, batches = _mlp(4)
+    opt = torch.optim.SGD(model.parameters(), lr=0.5)
+    x0, y0 = batches[0][0].clone(), batches[0][1].clone()
+    # the loop reuses one input buffer (as a data loader with pinned buffers may): the copy must not follow it
+    buffer_x, buffer_y = batches[0][0], batches[0][1]
+    reused = [(buffer_x, buffer_y)]
+    for x, y in batches[1:]:
+        reused.append((x, y))
+
+    def reference(x, y):
+        return float(torch.linalg.eigvalsh(dense_hessian(model, loss_fn, x0, y0, vectorize=True))[-1])
+
+    sink = Capture()
+    inspector = trainspect.attach(model, opt, loss_fn, store=False, progress=False, sinks=[sink],
+                                  instruments={"hessian_max_eigenvalue": 1}, checks=None, curvature_batch="first")
+    refs = []
+    for step, (x, y) in enumerate(reused):
+        opt.zero_grad()
+        with inspector.step(x, y):
+            loss_fn(model(x), y).backward()
+        refs.append(reference(x, y))
+        opt.step()
+        if step == 0:
+            buffer_x.add_(1.0)  # the user's buffer changes after the first step
+    inspector.close()
+    assert inspector.errors == [], inspector.errors
+    for rec, lam in zip(sink.records, refs):
+        assert rec.scalars["hessian_max_eigenvalue"] == pytest.approx(lam, rel=1e-4)
+
+
+@pytest.mark.parametrize("bad", ["last", (torch.zeros(2, 5),), 3])
+def test_a_malformed_curvature_batch_is_a_clear_error(bad):
+    model, loss_fn, _ = _mlp()
+    with pytest.raises(ValueError, match="curvature_batch must be None"):
+        trainspect.attach(model, torch.optim.SGD(model.parameters(), lr=0.1), loss_fn, store=False,
+                          progress=False, curvature_batch=bad)

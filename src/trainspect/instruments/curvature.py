@@ -21,7 +21,7 @@ from trainspect.functional.loss_slice import filter_normalized_direction, loss_a
 from trainspect.functional.stability import effective_step_scale
 from trainspect.functional.trace import exact_diagonal, hutchpp_layer_traces
 from trainspect.instruments.base import Instrument
-from trainspect.providers.hvp import HessianExtremeEigenvalues, basis_dtype
+from trainspect.providers.hvp import HessianExtremeEigenvalues, basis_dtype, curvature_data
 
 if TYPE_CHECKING:
     from trainspect.engine.context import StepContext
@@ -143,7 +143,7 @@ class HessianTrace(Instrument):
             except ProviderError:
                 shared = None
         if shared is not None and shared.kind == "hessian":
-            scale = float(ctx.batch_size) if ctx.loss_reduction == "sum" else 1.0  # undo its 1/N
+            scale = float(curvature_data(ctx)[2] or 1) if ctx.loss_reduction == "sum" else 1.0  # undo its 1/N
             diag = torch.cat([d.reshape(-1) for d in shared.diagonal]) * scale
         elif len(exact) == len(sizes):
             diag = exact_diagonal(op.matmat, op.dim, dtype=dtype, device=op.device)

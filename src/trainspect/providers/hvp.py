@@ -67,6 +67,36 @@ def basis_dtype(dim: int, param_dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dim <= 1_000_000 or param_dtype == torch.float64 else torch.float32
 
 
+def curvature_data(ctx: StepContext) -> tuple[Any, Any, int | None]:
+    """(inputs, targets, batch size) the curvature is measured on: the inspector's ``curvature_batch`` if
+    one was given (a fixed batch, moved to the parameters' device), else the step's own batch."""
+    fixed = ctx.inspector.curvature_batch
+    if isinstance(fixed, str) and ctx.inputs is not None and ctx.targets is not None:
+        # "first", and the batch reached the inspector only after the step began (e.g. the transformers
+        # callback sees it in a forward hook): this step's batch is the first one seen
+        from trainspect.engine.inspector import _copy_batch
+
+        fixed = ctx.inspector.curvature_batch = _copy_batch(ctx.inputs, ctx.targets)
+    if isinstance(fixed, tuple):
+        device = ctx.params[0].device
+        if ctx.inspector._curvature_batch_device != device:  # moved once, not at every measurement
+            from torch.utils._pytree import tree_map
+
+            fixed = tree_map(lambda x: x.to(device) if isinstance(x, torch.Tensor) else x, fixed)
+            ctx.inspector.curvature_batch, ctx.inspector._curvature_batch_device = fixed, device
+        inputs, targets = fixed
+        first = inputs if isinstance(inputs, torch.Tensor) else targets
+        n = int(first.shape[0]) if isinstance(first, torch.Tensor) and first.dim() > 0 else None
+        return inputs, targets, n
+    if ctx.inputs is None or ctx.targets is None:
+        raise RuntimeError(
+            "curvature instruments need the step's batch: wrap the step as `with inspector.step(x, y): ...` "
+            "(inputs and targets), or pass a fixed curvature_batch=(inputs, targets) to trainspect.attach, so "
+            "that the loss can be re-evaluated for Hessian-vector products"
+        )
+    return ctx.inputs, ctx.targets, ctx.batch_size
+
+
 class HessianOperatorProvider(Provider):
     """H_t = ∇²_θ L(θ_t; x_t, y_t) as a linear operator (double backward, built once per step)."""
 
@@ -81,12 +111,8 @@ class HessianOperatorProvider(Provider):
                 "curvature instruments need the loss function: pass it to trainspect.attach(model, optimizer, "
                 "loss_fn=...) so that the loss can be re-evaluated for Hessian-vector products"
             )
-        if ctx.inputs is None or ctx.targets is None:
-            raise RuntimeError(
-                "curvature instruments need the step's batch: wrap the step as `with inspector.step(x, y): ...` "
-                "(inputs and targets) so that the loss can be re-evaluated for Hessian-vector products"
-            )
-        op = HessianOperator(ctx.model, loss_fn, ctx.inputs, ctx.targets, params=ctx.params)
+        inputs, targets, _ = curvature_data(ctx)
+        op = HessianOperator(ctx.model, loss_fn, inputs, targets, params=ctx.params)
         return ProcessAveragedOperator(op)
 
 
@@ -101,15 +127,17 @@ class HessianExtremeEigenvalues(Provider):
     Only the ends that this step's due instruments need must converge: if just the largest is wanted,
     Lanczos stops as soon as it has converged. Warm start: the Krylov space starts from the previous
     measurement's Ritz vectors (plus 5 % random noise, so no direction is missing), because the dominant
-    eigenvectors move slowly during training; measured along Adam training on digits
-    (``benchmarks/curvature.py``, Gauss–Radau estimate) the median products to 1e-3 drop from 5 to 4.5 (MLP),
-    5 to 3.5 (CNN) and 6 to 3.5 (transformer). The noise level does not matter there (5 %, 1 %, 0.1 % and
-    none give the same counts): between scheduled measurements (26–80 steps, new batches) the top eigenvector
-    turns so far (cosine 0.2–0.9 with the previous one) that the start's angle, not the noise, sets the count;
-    starting from sums of the previous top 2–10 eigenvectors, or spending products on them first (block
-    start), or adding the gradient was no better or worse. Class attributes (set before attaching to change
-    them): ``rtol`` (relative accuracy, default 1e-3), ``max_iter`` (products, default 100, Cockpit's budget),
-    ``warm_start``.
+    eigenvectors move slowly during training. How much that saves depends on the data the curvature is
+    measured on (``curvature_batch`` of :class:`~trainspect.engine.inspector.Inspector`). Measured along
+    Adam training on digits (``benchmarks/curvature.py``, Gauss–Radau estimate, median products to 1e-3 at
+    the logarithmic schedule between steps 100 and 398): on each step's own batch (default) the warm start
+    saves little, 5 → 4.5 (MLP), 5 → 3.5 (CNN), 6 → 3.5 (transformer), because the top eigenvector of one
+    batch's Hessian is only a fair start for another batch's (cosine 0.2–0.9); on a fixed curvature batch,
+    where it changes only as θ does, 5 → 3, 5 → 2 and 6 → 3.5. The noise level does not matter (5 %, 1 %,
+    0.1 % and none give the same counts); starting from sums of the previous top 2–10 eigenvectors, or
+    spending products on them first (block start), or adding the gradient was no better or worse. Class
+    attributes (set before attaching to change them): ``rtol`` (relative accuracy, default 1e-3), ``max_iter``
+    (products, default 100, Cockpit's budget), ``warm_start``.
     """
 
     name = "hessian_extreme_eigenvalues"
@@ -186,13 +214,13 @@ class HessianDiagonal(Provider):
 
     def compute(self, ctx: StepContext) -> HessianDiagonalValue:
         op = ctx.get("hessian_operator")
+        inputs, targets, n = curvature_data(ctx)
         if op.dim <= self.exact_max_dim:
             flat = exact_diagonal(op.matmat, op.dim, dtype=basis_dtype(op.dim, op.dtype), device=op.device)
             diag, kind = unflatten(flat, [p.shape for p in ctx.params]), "hessian"
         else:
             try:
-                diag = ggn_diagonal(ctx.model, ctx.inspector.user_loss_fn, ctx.inputs, ctx.targets,
-                                    ctx.param_names)
+                diag = ggn_diagonal(ctx.model, ctx.inspector.user_loss_fn, inputs, targets, ctx.param_names)
             except Exception as error:
                 raise RuntimeError(
                     f"hessian_diagonal: the model has {op.dim} parameters (> exact_max_dim = {self.exact_max_dim}), "
@@ -206,7 +234,6 @@ class HessianDiagonal(Provider):
             if world_size() > 1:
                 diag = [d / world_size() for d in diag]
         if ctx.loss_reduction == "sum":
-            n = ctx.batch_size
             if not n:
                 raise RuntimeError("hessian_diagonal: cannot tell the batch size to rescale a reduction='sum' loss")
             diag = [d / n for d in diag]
