@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
 import torch
 
 
@@ -128,6 +127,25 @@ def early_stopping_criterion(sum_grads: list[torch.Tensor], sum_grads_squared: l
     return 1 - n * (mean.square() / (var + epsilon)).mean()
 
 
+def _solve3(a: list[list[float]], b: list[float]) -> list[float] | None:
+    """x with a·x = b for a 3×3 system: Gaussian elimination with partial pivoting (as LAPACK's ``gesv``);
+    None if a pivot is exactly zero (singular)."""
+    m = [[*row, v] for row, v in zip(a, b)]
+    for col in range(3):
+        pivot = max(range(col, 3), key=lambda r: abs(m[r][col]))
+        if m[pivot][col] == 0:
+            return None
+        m[col], m[pivot] = m[pivot], m[col]
+        for r in range(col + 1, 3):
+            f = m[r][col] / m[col][col]
+            for c in range(col, 4):
+                m[r][c] -= f * m[col][c]
+    x = [0.0, 0.0, 0.0]
+    for r in (2, 1, 0):
+        x[r] = (m[r][3] - sum(m[r][c] * x[c] for c in range(r + 1, 3))) / m[r][r]
+    return x
+
+
 def alpha_quadratic_fit(
     step_length: float,
     f0: float, f1: float, df0: float, df1: float,
@@ -149,15 +167,15 @@ def alpha_quadratic_fit(
     if step_length == 0:
         return -1.0
     t = float(step_length)
-    weights = np.array([1.0 / float(v) if v != 0 else 1e10 for v in (var_f0, var_f1, var_df0, var_df1)])
-    phi = np.array([[1.0, 1.0, 0.0, 0.0], [0.0, t, 1.0, 1.0], [0.0, t * t, 0.0, 2 * t]])
-    y = np.array([float(f0), float(f1), float(df0), float(df1)])
-    # a 3×3 system: NumPy solves it in microseconds, where torch spends ~0.2 ms dispatching small kernels (this runs
-    # every step that alpha is due)
-    weighted = phi * weights
-    try:
-        mu = np.linalg.solve(weighted @ phi.T, weighted @ y)
-    except np.linalg.LinAlgError:  # singular
+    weights = [1.0 / float(v) if v != 0 else 1e10 for v in (var_f0, var_f1, var_df0, var_df1)]
+    rows = ((1.0, 0.0, 0.0), (1.0, t, t * t), (0.0, 1.0, 0.0), (0.0, 1.0, 2 * t))
+    y = (float(f0), float(f1), float(df0), float(df1))
+    # the 3×3 normal equations in Python floats: this runs every step alpha is due, and a solve of this size
+    # costs far more in NumPy's or torch's call overhead than in arithmetic
+    normal = [[sum(w * r[i] * r[j] for w, r in zip(weights, rows)) for j in range(3)] for i in range(3)]
+    rhs = [sum(w * r[i] * v for w, r, v in zip(weights, rows, y)) for i in range(3)]
+    mu = _solve3(normal, rhs)
+    if mu is None:  # singular
         return None
     mu1, mu2 = float(mu[1]), float(mu[2])
     if not (math.isfinite(mu1) and math.isfinite(mu2)):

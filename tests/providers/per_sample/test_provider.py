@@ -166,3 +166,23 @@ def test_wide_layers_use_the_gram_path():
                           torch.Size([60]))
     assert layer.gram() is not None
     assert BilinearLayer(torch.randn(n, 1, 6), torch.randn(n, 1, 7), 0, None, torch.Size([7, 6]), None).gram() is None
+
+
+def test_outer_positions_repeat_every_cycle_and_agree_across_instances():
+    """Outer-product positions: a fresh draw per slot of the cycle, the same one in that slot ``position_cycle``
+    steps later, and the same on another provider instance (another process) — seeded by the slot."""
+    shapes = ((8, 30, 20, 16), (8, 20, 1, 4))
+    first, second = PerSampleGradients(None), PerSampleGradients(None)  # type: ignore[arg-type]
+    cycle = PerSampleGradients.position_cycle
+    cpu = torch.device("cpu")
+    draws = [first._outer_positions(shapes, step, cpu) for step in range(cycle)]
+    assert len({tuple(p.coords.tolist()) for p in draws}) == cycle  # every slot its own positions
+    for step in range(cycle, 2 * cycle):
+        assert first._outer_positions(shapes, step, cpu) is draws[step % cycle]
+        again = second._outer_positions(shapes, step, cpu)
+        assert torch.equal(again.coords, draws[step % cycle].coords)
+        assert torch.equal(again.u_index, draws[step % cycle].u_index)
+    # another batch size: new positions of the new shape, in range
+    other = first._outer_positions(((5, 30, 20, 16), (5, 20, 1, 4)), 3, cpu)
+    assert other.coords.shape[0] == 5 * 16 + 5 * 4
+    assert int(other.coords[:80].max()) < 600 and int(other.coords[80:].max()) < 20

@@ -20,6 +20,7 @@ parameters, without materializing the N×D per-sample gradients where the layer'
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 
 import torch
 
@@ -127,28 +128,34 @@ def _outer_plan(shapes: tuple[tuple[int, int, int, int], ...], device: torch.dev
     return plan
 
 
-def sample_outer_elements(
-    factors: list[tuple[torch.Tensor, torch.Tensor | None]], per_sample: list[int], generator: torch.Generator
-) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """Sample elements of several parameters' per-sample gradients given as outer products, in one batch.
+@dataclass(frozen=True)
+class OuterPositions:
+    """Drawn positions for :func:`gather_outer_elements`: for each segment (parameter) p with shape (N, R, C, k),
+    N·k flat indices into U_p and V_p and the flat coordinates r·C + c, concatenated over the segments."""
 
-    For parameter p with factors (U [N, R], V [N, C]), g_i[r·C + c] = U[i, r]·V[i, c] (V None: C = 1,
-    g_i[r] = U[i, r]). Each of the N samples gets ``per_sample[p]`` coordinates (r, c) drawn uniformly (the
-    stratified design of :meth:`LayerStatistics.sample_elements`).
+    shapes: tuple[tuple[int, int, int, int], ...]
+    u_index: torch.Tensor
+    v_index: torch.Tensor
+    coords: torch.Tensor
+
+
+def outer_shapes(factors: list[tuple[torch.Tensor, torch.Tensor | None]],
+                 per_sample: list[int]) -> tuple[tuple[int, int, int, int], ...]:
+    """The segments (N, R, C, k) of :func:`draw_outer_positions` for these factors (C = 1 where V is None)."""
+    return tuple((u.shape[0], u.shape[1], 1 if v is None else v.shape[1], k) for (u, v), k in zip(factors, per_sample))
+
+
+def draw_outer_positions(shapes: tuple[tuple[int, int, int, int], ...], generator: torch.Generator,
+                         device: torch.device) -> OuterPositions:
+    """Uniform positions (r, c) for segments (N, R, C, k): each of the N samples gets k of them (the stratified
+    design of :meth:`LayerStatistics.sample_elements`).
 
     One float64 uniform u per element gives both: r = ⌊u·R⌋ is uniform on 0..R−1 and, given r, the fraction
     u·R − r is uniform on [0, 1), so c = ⌊(u·R − r)·C⌋ is uniform and independent of r (to 2⁻⁵³·R·C, far below
     any histogram's resolution). Random numbers and integer division are what cost here (≈ 5 ns per element on
     a 2-core VM, against ≈ 0.5 ns for float arithmetic), so this draws one number per element and does only
-    float arithmetic on all parameters together; each parameter then costs one or two gathers.
-
-    Returns (values, flat coordinates r·C + c) per parameter.
+    float arithmetic on all segments together.
     """
-    if not factors:
-        return []
-    device = factors[0][0].device
-    shapes = tuple((u.shape[0], u.shape[1], 1 if v is None else v.shape[1], k)
-                   for (u, v), k in zip(factors, per_sample))
     rows_n, rows_max, cols_n, cols_max, u_off, v_off = _outer_plan(shapes, device)
     scaled = torch.rand(rows_n.shape[0], generator=generator, dtype=torch.float64).to(device).mul_(rows_n)
     # u·R may round up to R (u < 1 but close): clamp, then the fraction may reach 1: clamp c as well
@@ -157,15 +164,39 @@ def sample_outer_elements(
     coords = torch.addcmul(cols, rows, cols_n).to(torch.int64)
     u_index = rows.add_(u_off).to(torch.int64)
     v_index = cols.add_(v_off).to(torch.int64)
+    return OuterPositions(shapes, u_index, v_index, coords)
+
+
+def gather_outer_elements(factors: list[tuple[torch.Tensor, torch.Tensor | None]],
+                          positions: OuterPositions) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """g_{i,p}[r·C + c] = U_p[i, r]·V_p[i, c] at the drawn positions: one or two gathers per parameter.
+    Returns (values, flat coordinates r·C + c) per parameter."""
     out, start = [], 0
-    for (u, v), (n, _, _, k) in zip(factors, shapes):
+    for (u, v), (n, _, _, k) in zip(factors, positions.shapes):
         stop = start + n * k
-        values = u.reshape(-1).index_select(0, u_index[start:stop])
+        values = u.reshape(-1).index_select(0, positions.u_index[start:stop])
         if v is not None:
-            values = values * v.reshape(-1).index_select(0, v_index[start:stop])
-        out.append((values, coords[start:stop]))
+            values = values * v.reshape(-1).index_select(0, positions.v_index[start:stop])
+        out.append((values, positions.coords[start:stop]))
         start = stop
     return out
+
+
+def sample_outer_elements(
+    factors: list[tuple[torch.Tensor, torch.Tensor | None]], per_sample: list[int], generator: torch.Generator
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Sample elements of several parameters' per-sample gradients given as outer products, in one batch.
+
+    For parameter p with factors (U [N, R], V [N, C]), g_i[r·C + c] = U[i, r]·V[i, c] (V None: C = 1,
+    g_i[r] = U[i, r]). Each of the N samples gets ``per_sample[p]`` coordinates (r, c) drawn uniformly
+    (:func:`draw_outer_positions`), then each parameter costs one or two gathers (:func:`gather_outer_elements`).
+
+    Returns (values, flat coordinates r·C + c) per parameter.
+    """
+    if not factors:
+        return []
+    positions = draw_outer_positions(outer_shapes(factors, per_sample), generator, factors[0][0].device)
+    return gather_outer_elements(factors, positions)
 
 
 class ExplicitLayer(LayerStatistics):

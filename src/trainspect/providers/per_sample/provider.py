@@ -32,7 +32,14 @@ from trainspect.providers.base import Provider
 from trainspect.providers.per_sample import conv, embedding, linear, norm  # noqa: F401
 from trainspect.providers.per_sample.capture import LayerCapture
 from trainspect.providers.per_sample.fallback import FunctionalPerSampleGradients, fallback_layer
-from trainspect.providers.per_sample.layer import DEFAULT_MEMORY_CAP, LayerStatistics, sample_outer_elements
+from trainspect.providers.per_sample.layer import (
+    DEFAULT_MEMORY_CAP,
+    LayerStatistics,
+    OuterPositions,
+    draw_outer_positions,
+    gather_outer_elements,
+    outer_shapes,
+)
 from trainspect.providers.per_sample.norm import BATCH_NORMS
 from trainspect.providers.per_sample.registry import find_fast_path
 from trainspect.providers.per_sample.stats import GradientElementSample, PerSampleGradStats
@@ -261,7 +268,11 @@ class PerSampleGradients(Provider):
     Class attributes: ``histogram_samples`` (gradient elements sampled per step for the histogram
     estimate, default 2**14, in proportion to the parameters' sizes) and ``histogram_min_samples`` (at
     least this many per parameter tensor when a per-layer histogram is due, default 2**12; else
-    ``histogram_global_min_samples``, 2**8); 16 times as many when a 2-D histogram is due.
+    ``histogram_global_min_samples``, 2**8); 16 times as many when a 2-D histogram is due;
+    ``position_cycle`` (default 16): the sampled positions of outer-product parameters (Linear weights,
+    biases, affines) are drawn once per slot ``step % position_cycle`` and reused in that slot, because drawing
+    them costs as much as gathering and binning the elements (each step's sample is still uniform and
+    stratified, so its histogram stays unbiased).
     """
 
     name = "per_sample_grads"
@@ -380,27 +391,66 @@ class PerSampleGradients(Provider):
                     drawn.append(None)
                 else:
                     drawn.append(h.sample_elements(loc, budget, gen, dev))
-        pairs = sample_outer_elements([f for _, f, _ in outer], [k for *_, k in outer], gen)
-        for (pos, _, _), pair in zip(outer, pairs):
-            drawn[pos] = pair
-        values, pvals, counts, weights = [], [], [], []
-        for idx, total, (v, coords) in zip(layer_ids, totals, drawn):  # type: ignore[misc]
-            values.append(v.to(torch.float64))
+        if outer:
+            factors = [f for _, f, _ in outer]
+            positions = self._outer_positions(outer_shapes(factors, [k for *_, k in outer]), ctx.step,
+                                              factors[0][0].device)
+            for (pos, _, _), pair in zip(outer, gather_outer_elements(factors, positions)):
+                drawn[pos] = pair
+        values, pvals, counts = [], [], []
+        for idx, (v, coords) in zip(layer_ids, drawn):  # type: ignore[misc]
+            values.append(v)
             if with_params:  # only the 2-D histograms need θ at the sampled coordinates
-                pvals.append(ctx.params[idx].detach().reshape(-1).index_select(0, coords).to(torch.float64))
+                pvals.append(ctx.params[idx].detach().reshape(-1).index_select(0, coords))
             counts.append(v.shape[0])
-            weights.append(total / v.shape[0])
-        # per-element layer index and weight: constant runs (fills are far cheaper than repeat_interleave)
-        total_count = sum(counts)
-        layer = torch.empty(total_count, dtype=torch.int64)
-        weight = torch.empty(total_count, dtype=torch.float64)
-        start = 0
-        for idx, count, w in zip(layer_ids, counts, weights):
-            layer[start:start + count] = idx
-            weight[start:start + count] = w
-            start += count
-        return GradientElementSample(torch.cat(values).cpu(), torch.cat(pvals).cpu() if with_params else None,
-                                     layer, weight)
+        layer, weight = self._element_layers(tuple(layer_ids), tuple(counts), tuple(totals))
+        # one conversion for all parameters (cat promotes mixed dtypes)
+        return GradientElementSample(torch.cat(values).to(torch.float64).cpu(),
+                                     torch.cat(pvals).to(torch.float64).cpu() if with_params else None, layer, weight)
+
+    #: outer-product elements (Linear layers, biases, affines) reuse their drawn positions every this many steps
+    position_cycle: int = 16
+
+    def _outer_positions(self, shapes: tuple[tuple[int, int, int, int], ...], step: int,
+                         device: torch.device) -> OuterPositions:
+        """The positions of :func:`draw_outer_positions` for this step: one set per step of a cycle of
+        ``position_cycle`` steps, drawn on first use and kept while the shapes stay the same.
+
+        Drawing them costs as much as gathering and binning the elements together, on a step whose cache the
+        training step has just evicted. Every step's sample is still uniform and stratified (so its histogram
+        unbiased, with the same accuracy); only the estimates of steps ``position_cycle`` apart share their
+        positions — not their values, which are another batch's gradients at other parameters. Seeded by the
+        slot, so identical on every process.
+        """
+        cache = self.__dict__.setdefault("_positions", {})
+        key = (shapes, str(device), step % self.position_cycle)
+        positions = cache.get(key)
+        if positions is None:
+            if len(cache) >= 4 * self.position_cycle:  # shapes changed (another batch size): start over
+                cache.clear()
+            gen = torch.Generator().manual_seed(1_000_003 * (key[2] + 1))
+            positions = cache[key] = draw_outer_positions(shapes, gen, device)
+        return positions
+
+    def _element_layers(self, layer_ids: tuple[int, ...], counts: tuple[int, ...],
+                        totals: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-element layer index and weight N·D_p/S_p (constant runs; the same every step: cached)."""
+        cache = self.__dict__.setdefault("_element_layer_cache", {})
+        key = (layer_ids, counts, totals)
+        out = cache.get(key)
+        if out is None:
+            if len(cache) > 16:
+                cache.clear()
+            total_count = sum(counts)
+            layer = torch.empty(total_count, dtype=torch.int64)
+            weight = torch.empty(total_count, dtype=torch.float64)
+            start = 0
+            for idx, count, total in zip(layer_ids, counts, totals):
+                layer[start:start + count] = idx
+                weight[start:start + count] = total / count
+                start += count
+            out = cache[key] = (layer, weight)
+        return out
 
     def _all_pairs(self, n: int, numel: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         """Every (sample, coordinate) pair of a parameter with at most its budget of N·D elements (cached)."""
