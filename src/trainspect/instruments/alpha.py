@@ -20,6 +20,7 @@ landed at the same height on the other side; > 1 overshoots.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -223,18 +224,20 @@ class Alpha(Instrument):
         moved = rule.moved(ctx.params, optimizer)  # type: ignore[arg-type]
         if not all(moved):
             return None, None
-        lr = torch.tensor(rule.lr, dtype=torch.float64)
         direction = rule.buffers(ctx.params, optimizer)  # type: ignore[arg-type]
         buffer_sq = rule.buffer_norms(ctx.params, optimizer).square()  # type: ignore[arg-type]  (shared)
-        length = float((lr.square() * buffer_sq).sum().sqrt())
-        start = _Start(ctx.step, direction, -lr, True, [b._version for b in direction], length, 0.0, 0.0, 0.0, 0.0,
+        # [P]-sized arithmetic in Python floats: this runs every step, and each tensor operation on a handful of
+        # numbers costs microseconds
+        buffer_sq_list = buffer_sq.tolist()
+        length = math.sqrt(sum(lr * lr * b for lr, b in zip(rule.lr, buffer_sq_list)))
+        scale = torch.tensor([-lr for lr in rule.lr], dtype=torch.float64)
+        start = _Start(ctx.step, direction, scale, True, [b._version for b in direction], length, 0.0, 0.0, 0.0, 0.0,
                        buffer_sq)
-        return start, self._shortcut(ctx, rule, lr, pending, prepared, direction, buffer_sq)
+        return start, self._shortcut(ctx, rule, pending, prepared, direction, buffer_sq_list)
 
     @staticmethod
-    def _shortcut(ctx: StepContext, rule: SGDStep, lr: torch.Tensor, pending: _Start | None,
-                  prepared: _Prepared | None, direction: list[torch.Tensor], buffer_sq: torch.Tensor
-                  ) -> torch.Tensor | None:
+    def _shortcut(ctx: StepContext, rule: SGDStep, pending: _Start | None, prepared: _Prepared | None,
+                  direction: list[torch.Tensor], buffer_sq: list[float]) -> torch.Tensor | None:
         """g_{i,p}ᵀd_{t,p} = −lr (μ g_iᵀb_{t−1} + (1−τ) g_iᵀ∇L) without a projection (class docstring); None where
         it does not apply."""
         if any(rule.weight_decay) or any(rule.maximize) or world_size() > 1 or not ctx.cached("per_sample_grads"):
@@ -248,15 +251,18 @@ class Alpha(Instrument):
         if stats.proj_mean is None:
             return None
         s = 1.0 if stats.loss_reduction == "mean" else float(stats.batch_size)
-        mu = torch.tensor(rule.momentum, dtype=torch.float64)
-        tau = torch.tensor(rule.dampening, dtype=torch.float64)
         previous = prepared.pending_projection  # [N, P] g_{i,p}ᵀ b_{t−1,p}
         # the step's own check: ‖b_t‖² if ∇L_t = s·ḡ (ḡ the per-sample mean), against ‖b_t‖² as the step left it
-        cross = 2 * mu * (1 - tau) * s * previous.mean(0)  # 2μ(1−τ) b_{t−1}ᵀ∇L
-        old = mu.square() * pending.buffer_sq_norms
-        new = (1 - tau).square() * s * s * stats.mean_grad_sq_norms
-        expected = old + cross + new
-        if not bool(((expected - buffer_sq).abs() <= GRADIENT_TOLERANCE * (old + cross.abs() + new) + 1e-30).all()):
-            return None
-        pi = stats.proj_mean * s  # [N, P]: g_{i,p}ᵀ∇_p L
-        return -lr * (mu * previous + (1 - tau) * pi)
+        # (per parameter tensor; a NaN anywhere fails it)
+        for mu, tau, old_sq, projected, mean_sq, got in zip(
+                rule.momentum, rule.dampening, pending.buffer_sq_norms.tolist(), previous.mean(0).tolist(),
+                stats.mean_grad_sq_norms.tolist(), buffer_sq):
+            old = mu * mu * old_sq
+            cross = 2 * mu * (1 - tau) * s * projected  # 2μ(1−τ) b_{t−1}ᵀ∇L
+            new = (1 - tau) ** 2 * s * s * mean_sq
+            if not abs(old + cross + new - got) <= GRADIENT_TOLERANCE * (old + abs(cross) + new) + 1e-30:
+                return None
+        # −lr μ g_iᵀb_{t−1} − lr (1−τ) s g_iᵀḡ, per parameter tensor
+        on_previous = torch.tensor([-lr * mu for lr, mu in zip(rule.lr, rule.momentum)], dtype=torch.float64)
+        on_mean = torch.tensor([-lr * (1 - tau) * s for lr, tau in zip(rule.lr, rule.dampening)], dtype=torch.float64)
+        return torch.addcmul(previous * on_previous, stats.proj_mean, on_mean)

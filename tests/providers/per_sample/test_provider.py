@@ -186,3 +186,59 @@ def test_outer_positions_repeat_every_cycle_and_agree_across_instances():
     other = first._outer_positions(((5, 30, 20, 16), (5, 20, 1, 4)), 3, cpu)
     assert other.coords.shape[0] == 5 * 16 + 5 * 4
     assert int(other.coords[:80].max()) < 600 and int(other.coords[80:].max()) < 20
+
+
+class GrabLosses(Instrument):
+    """Test instrument: keeps the step's per-sample losses and the loss reduction the inspector saw."""
+
+    name = "test_grab_per_sample_losses"
+    requires = ("per_sample_losses",)
+    series = (SeriesInfo("test_grab_losses_dummy"),)
+    grabbed: ClassVar[list] = []
+
+    def compute(self, ctx):
+        GrabLosses.grabbed.append((ctx.get("per_sample_losses"), ctx.loss_reduction))
+        return {}
+
+
+class HalfSquaredError(nn.Module):
+    """A user-defined loss with a ``reduction`` attribute (not one of torch's)."""
+
+    def __init__(self):
+        super().__init__()
+        self.reduction = "mean"
+
+    def forward(self, output, target):
+        per_sample = 0.5 * (output - target).square().sum(1)
+        return per_sample if self.reduction == "none" else per_sample.mean()
+
+
+@pytest.mark.parametrize("kind", ["cross_entropy", "custom"])
+def test_per_sample_losses_follow_the_loss_modules_current_settings(kind, tmp_path):
+    """ℓ_i against a loop of the loss on one sample at a time, also after the loss module's settings change (the
+    unreduced twin must not keep stale ones), and without the inspector's loss hook seeing the extra call."""
+    torch.manual_seed(0)
+    model = nn.Linear(5, 3).double()
+    loss_fn = nn.CrossEntropyLoss() if kind == "cross_entropy" else HalfSquaredError()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    inspector = trainspect.attach(model, optimizer, loss_fn, run_dir=tmp_path / kind,
+                                  instruments=["test_grab_per_sample_losses"], checks=None, progress=False)
+    GrabLosses.grabbed = []
+    expected = []
+    for step in range(2):
+        if step == 1 and kind == "cross_entropy":
+            loss_fn.label_smoothing = 0.3
+        x = torch.randn(7, 5, dtype=torch.float64)
+        y = torch.randint(0, 3, (7,)) if kind == "cross_entropy" else torch.randn(7, 3, dtype=torch.float64)
+        with torch.no_grad():  # outside the step: the inspector sees only the training call
+            expected.append(torch.stack([loss_fn(model(x[i:i + 1]), y[i:i + 1]) for i in range(7)]))
+        optimizer.zero_grad()
+        with inspector.step(x, y):
+            loss_fn(model(x), y).backward()
+        optimizer.step()
+    inspector.close()
+    assert not inspector.errors, inspector.errors
+    for (losses, reduction), reference in zip(GrabLosses.grabbed, expected):
+        torch.testing.assert_close(losses, reference, rtol=1e-12, atol=1e-12)
+        assert reduction == "mean"
+    assert loss_fn.reduction == "mean"

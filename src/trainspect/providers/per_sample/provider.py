@@ -17,8 +17,8 @@ quantity); with ``"sum"`` it is δ_i a_iᵀ.
 
 from __future__ import annotations
 
-import copy
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -138,6 +138,8 @@ class PerSampleLayerProvider(Provider):
             self.fast_params.setdefault(mname, []).append(i)
         self.fallback_indices = fallback
         self.fallback_names = [inspector.param_names[i] for i in fallback]
+        # looked up once (the model's structure is fixed once attached); whether each is training, every step
+        self._batch_norms = [(m, mod) for m, mod in model.named_modules() if isinstance(mod, BATCH_NORMS)]
         self._functional: FunctionalPerSampleGradients | None = None
         self._capture: LayerCapture | None = None
         self._warned: set[str] = set()
@@ -145,8 +147,8 @@ class PerSampleLayerProvider(Provider):
     # -- capture -------------------------------------------------------------------------------------
     def arm(self, ctx: StepContext) -> None:
         self._capture = LayerCapture(self.fast_modules, lambda: ctx.micro_batch_index)
-        for mname, module in self.inspector.model.named_modules():
-            if isinstance(module, BATCH_NORMS) and module.training and mname not in self._warned:
+        for mname, module in self._batch_norms:
+            if module.training and mname not in self._warned:
                 self._warned.add(mname)
                 warnings.warn(
                     f"trainspect: {type(module).__name__} {mname!r} is in training mode: it normalizes with batch "
@@ -189,7 +191,7 @@ class PerSampleLayerProvider(Provider):
             raise RuntimeError("cannot tell the batch size: no captured layer and no inputs given to inspector.step")
         scale = float(n) if scale_of_n else 1.0
         handlers: list[LayerStatistics] = []
-        ill = [m for m, mod in self.inspector.model.named_modules() if isinstance(mod, BATCH_NORMS) and mod.training]
+        ill = [m for m, mod in self._batch_norms if mod.training]
         for mname, record in capture.records.items():
             indices = self.fast_params[mname]
             if not record.complete_calls():
@@ -470,6 +472,24 @@ class PerSampleLosses(Provider):
 
     name = "per_sample_losses"
 
+    def __init__(self, inspector: Inspector):
+        super().__init__(inspector)
+        self._shadow: nn.Module | None = None  # an unreduced twin of the loss module (see _unreduced)
+
+    def _unreduced(self, loss_fn: nn.Module) -> Callable[..., torch.Tensor]:
+        """The loss module's ``forward`` with ``reduction="none"``, on a twin holding the module's current
+        attributes (they may change during training), called without the module's hooks (the inspector's own
+        loss hook must not see it) and, for torch's own losses (no parameters), without autograd."""
+        shadow = self._shadow
+        if shadow is None or type(shadow) is not type(loss_fn):
+            shadow = self._shadow = type(loss_fn).__new__(type(loss_fn))
+        shadow.__dict__.update(loss_fn.__dict__)
+        shadow.__dict__["reduction"] = "none"
+        forward = type(loss_fn).forward.__get__(shadow)
+        if type(loss_fn).__module__ == "torch.nn.modules.loss":  # inputs detached: nothing to record
+            return forward
+        return torch.no_grad()(forward)
+
     def compute(self, ctx: StepContext) -> torch.Tensor:
         loss_fn = self.inspector.user_loss_fn
         if loss_fn is None or ctx.model_output is None:
@@ -483,10 +503,8 @@ class PerSampleLosses(Provider):
                 and getattr(loss_fn, "weight", None) is None and target is not None):
             # built-in losses: one call with reduction="none" (no per-sample vmap); valid when it returns
             # one value per sample (class weights would make "mean" a weighted mean: not taken here)
-            unreduced = copy.copy(loss_fn)
-            unreduced.reduction = "none"
-            with torch.no_grad():
-                values = unreduced(out.detach(), target)
+            detached = target.detach() if isinstance(target, torch.Tensor) else target
+            values = self._unreduced(loss_fn)(out.detach(), detached)
             if values.dim() == 1 and values.shape[0] == n:
                 return values.to(torch.float64)
         with torch.no_grad():
