@@ -440,7 +440,8 @@ class Inspector:
                 [n for n in needed if getattr(type(self.provider(n)), hook) is not getattr(Provider, hook)]
                 for hook in ("arm", "disarm", "before_update")
             ), [i for i in ctx.due_instruments
-                if i.after_update and type(i).before_update is not Instrument.before_update])
+                if i.after_update and type(i).before_update is not Instrument.before_update],
+                [n for n in needed if type(self.provider(n)).end_step is not Provider.end_step])
         ctx.needed_providers, ctx.plan = plan[0], plan
         for name in plan[1]:
             self._safe(self.provider(name).arm, ctx, source="provider:" + name)
@@ -463,6 +464,7 @@ class Inspector:
         self._ctx = None
         if failed:  # the user's step raised: drop it without recording, never mask their exception
             self._disarm(ctx)
+            self._end_providers(ctx)
             ctx.release()
             return
         # With a GradScaler the gradients are still scaled here: measure them at the optimizer pre-hook (after
@@ -555,6 +557,7 @@ class Inspector:
                 except Exception as error:
                     self._failed_part(f"sink:{type(sink).__name__}", error)
         finally:
+            self._end_providers(ctx)
             ctx.release()
             self._step += 1
 
@@ -609,6 +612,23 @@ class Inspector:
     def _disarm(self, ctx: StepContext) -> None:
         for name in ctx.plan[2]:
             self._safe(self.provider(name).disarm, ctx, source="provider:" + name)
+
+    def _end_providers(self, ctx: StepContext) -> None:
+        for name in ctx.plan[5]:
+            self._safe(self.provider(name).end_step, ctx, source="provider:" + name)
+
+    def provider_needed_at(self, name: str, step: int) -> bool:
+        """Whether provider ``name`` will be needed at ``step`` by the instruments due there, as their schedules
+        (and state: alpha is due on the step after one it started) say now. For providers deciding what to keep
+        at the end of a step; False if a schedule fails."""
+        try:
+            scheduled = self._scheduled(step)
+        except Exception:
+            return False
+        disabled = self._disabled
+        due = [i for i in scheduled if i.name not in disabled] if disabled else scheduled
+        plan = self._plans.get(tuple(map(id, due)))
+        return name in (plan[0] if plan is not None else self._required_providers(due))
 
     def _run_instruments(
         self, ctx: StepContext, instruments: list[Instrument], scope: _dist.CollectiveScope | None = None

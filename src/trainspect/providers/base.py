@@ -16,8 +16,8 @@ class Provider:
 
     Subclasses set ``name`` (registered automatically) and implement :meth:`compute`. They may also
     implement :meth:`arm`/:meth:`disarm` to capture tensors during the forward and backward pass (only on
-    steps where some due instrument needs them, so idle steps cost nothing), and :meth:`before_update` to
-    see the parameters just before ``optimizer.step()``.
+    steps where some due instrument needs them, so idle steps cost nothing), :meth:`before_update` to
+    see the parameters just before ``optimizer.step()``, and :meth:`end_step` to act once the step is done.
 
     One instance lives for the whole run (``self.inspector``), so a provider can keep state across steps
     (e.g. the initial parameters). Per-step results belong in the return value of :meth:`compute`,
@@ -46,6 +46,10 @@ class Provider:
 
     def before_update(self, ctx: StepContext) -> None:
         """Just before ``optimizer.step()`` on a step where this provider is needed."""
+
+    def end_step(self, ctx: StepContext) -> None:
+        """At the end of a step where this provider was needed, after every instrument (e.g. release memory
+        kept for the next step if :meth:`Inspector.provider_needed_at` says it will not be needed)."""
 
     def compute(self, ctx: StepContext) -> Any:  # pragma: no cover - abstract
         """Return this step's value (cached by the context)."""

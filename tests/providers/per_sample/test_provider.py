@@ -242,3 +242,56 @@ def test_per_sample_losses_follow_the_loss_modules_current_settings(kind, tmp_pa
         torch.testing.assert_close(losses, reference, rtol=1e-12, atol=1e-12)
         assert reduction == "mean"
     assert loss_fn.reduction == "mean"
+
+
+class GrabWorkspace(Instrument):
+    """Test instrument: the step's per-sample statistics and the workspace buffers in use during the step."""
+
+    name = "test_grab_workspace"
+    requires = ("per_sample_grads",)
+    series = (SeriesInfo("test_grab_workspace_dummy"),)
+    grabbed: ClassVar[list] = []
+
+    def compute(self, ctx):
+        stats = ctx.get("per_sample_grads")
+        buffers = ctx.inspector.provider("per_sample_layers").workspace._buffers
+        GrabWorkspace.grabbed.append((ctx.step, stats, {k: t.data_ptr() for k, t in buffers.items()}))
+        return {}
+
+
+@pytest.mark.parametrize("kind", ["attention", "cnn"])
+def test_workspace_is_reused_on_consecutive_due_steps_and_freed_before_idle_ones(kind, tmp_path):
+    """The fast paths' large temporaries (sequence and convolution per-sample weight gradients) live in the
+    provider's workspace: the same tensors on consecutive due steps, with each step's statistics still those of
+    its own batch (brute force), and released after a due step whose next step is idle."""
+    model, x, y, loss = problem(kind, 6)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    # due at steps 0, 1 (consecutive), then 3 after an idle step 2
+    inspector = trainspect.attach(model, optimizer, loss, run_dir=tmp_path / kind,
+                                  instruments={"test_grab_workspace": lambda s: s in (0, 1, 3)}, checks=None,
+                                  progress=False)
+    provider = inspector.provider("per_sample_layers")
+    GrabWorkspace.grabbed = []
+    gen = torch.Generator().manual_seed(3)
+    after, references = [], {}
+    for step in range(4):
+        xs = x + 0.1 * torch.randn(x.shape, generator=gen, dtype=x.dtype)
+        references[step] = brute_force_per_sample_grads(model, xs, y, loss)
+        optimizer.zero_grad()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with inspector.step(xs, y):
+                loss(model(xs), y).backward()
+        optimizer.step()
+        after.append(dict(provider.workspace._buffers))
+    inspector.close()
+    assert not inspector.errors, inspector.errors
+    steps = [s for s, *_ in GrabWorkspace.grabbed]
+    assert steps == [0, 1, 3]
+    during = {s: ptrs for s, _, ptrs in GrabWorkspace.grabbed}
+    assert any(k[1] == "weight_grads" for k in during[0]), during[0]
+    assert during[1] == during[0]  # the next step wrote into the same buffers
+    assert after[0] and not after[1] and not after[3]  # kept for step 1; freed before the idle step 2 and at the end
+    for step, stats, _ in GrabWorkspace.grabbed:
+        expected = torch.stack([g.reshape(g.shape[0], -1).square().sum(1) for g in references[step]], 1)
+        torch.testing.assert_close(stats.sq_norms, expected, rtol=RTOL, atol=1e-12)

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from trainspect.providers.per_sample.capture import ModuleCapture
-from trainspect.providers.per_sample.layer import ExplicitLayer, LayerStatistics
+from trainspect.providers.per_sample.layer import ExplicitLayer, LayerStatistics, Workspace
 from trainspect.providers.per_sample.registry import fast_path
 
 
@@ -100,16 +100,19 @@ def _padded(module: nn.Conv1d | nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
 
 
 def per_sample_weight_grads_by_offset(module: nn.Conv1d | nn.Conv2d, x: torch.Tensor,
-                                      grad_output: torch.Tensor) -> torch.Tensor:
+                                      grad_output: torch.Tensor, workspace: Workspace | None = None,
+                                      key: tuple[object, ...] = ()) -> torch.Tensor:
     """[prod(kernel), n, Cout, Cin]: entry [u, i] = g_i[:, :, u], each sample's weight gradient at kernel offset u
-    (offsets in row-major order of the kernel), from the input window at offset u (see the module docstring)."""
+    (offsets in row-major order of the kernel), from the input window at offset u (see the module docstring).
+    Written into ``workspace``'s buffer ``key`` where one is given."""
     xp = _padded(module, x)
     n, cin = xp.shape[:2]
     out_size = grad_output.shape[2:]
     delta = grad_output.reshape(n, grad_output.shape[1], -1)  # [n, Cout, T]
     kernel = module.kernel_size
-    result = torch.empty(math.prod(kernel), n, delta.shape[1], cin,
-                         dtype=delta.dtype, device=delta.device)
+    shape = (math.prod(kernel), n, delta.shape[1], cin)
+    result = (workspace.buffer(key, shape, delta.dtype, delta.device) if workspace is not None
+              else torch.empty(shape, dtype=delta.dtype, device=delta.device))
     for k, offset in enumerate(itertools.product(*map(range, kernel))):
         spatial = [slice(u * d, u * d + s * (o - 1) + 1, s)
                    for u, d, s, o in zip(offset, module.dilation, module.stride, out_size)]
@@ -212,7 +215,7 @@ class OffsetMajorConvLayer(LayerStatistics):
 
 @fast_path(nn.Conv1d, nn.Conv2d, supports=_supports)
 def build_conv(record: ModuleCapture, index_of: dict[int, int], scale: float,
-               memory_cap: int) -> ExplicitLayer | OffsetMajorConvLayer:
+               memory_cap: int, workspace: Workspace | None = None) -> ExplicitLayer | OffsetMajorConvLayer:
     """Per-sample gradients materialized: N·|W| numbers, about what the unfolded patches of a single
     convolution would take, and from them every statistic is one cheap pass (projections are a [N, D]×[D, K]
     product). Above ``memory_cap`` they are recomputed a block of samples at a time instead of kept."""
@@ -237,10 +240,13 @@ def build_conv(record: ModuleCapture, index_of: dict[int, int], scale: float,
 
     if module.in_channels > 1 and n * per_sample <= memory_cap:
         weight = bias = None
-        for c in calls:
-            g = c.grad_output * scale if scale != 1.0 else c.grad_output
+        workspace = workspace or Workspace()
+        for j, c in enumerate(calls):
+            g = workspace.scaled((record.name, "grad_output", j), c.grad_output, scale)
             if id(w) in index_of:
-                pw = per_sample_weight_grads_by_offset(module, c.inputs, g)
+                # the first call's into the reused buffer, the others' (rare: a module called twice) fresh
+                pw = per_sample_weight_grads_by_offset(module, c.inputs, g, workspace if weight is None else None,
+                                                       (record.name, "weight_grads"))
                 weight = pw if weight is None else weight.add_(pw)
             if b is not None and id(b) in index_of:
                 pb = g.flatten(2).sum(2)

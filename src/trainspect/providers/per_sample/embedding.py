@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from trainspect.providers.per_sample.capture import ModuleCapture
-from trainspect.providers.per_sample.layer import DEFAULT_MEMORY_CAP, ExplicitLayer, LayerStatistics
+from trainspect.providers.per_sample.layer import DEFAULT_MEMORY_CAP, ExplicitLayer, LayerStatistics, Workspace
 from trainspect.providers.per_sample.registry import fast_path
 
 
@@ -91,7 +91,8 @@ class EmbeddingLayer(LayerStatistics):
 
 @fast_path(nn.Embedding, supports=_supports)
 def build_embedding(
-    record: ModuleCapture, index_of: dict[int, int], scale: float, memory_cap: int
+    record: ModuleCapture, index_of: dict[int, int], scale: float, memory_cap: int,
+    workspace: Workspace | None = None,
 ) -> EmbeddingLayer | ExplicitLayer:
     module = record.module
     calls = record.complete_calls()

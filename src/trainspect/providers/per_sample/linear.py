@@ -14,7 +14,7 @@ from torch import nn
 from trainspect.providers.per_sample.bilinear import BilinearLayer
 from trainspect.providers.per_sample.bilinear import concat_positions as _cat
 from trainspect.providers.per_sample.capture import ModuleCapture
-from trainspect.providers.per_sample.layer import ExplicitLayer
+from trainspect.providers.per_sample.layer import ExplicitLayer, Workspace
 from trainspect.providers.per_sample.registry import fast_path
 
 
@@ -27,15 +27,15 @@ def _positions(t: torch.Tensor, n: int) -> torch.Tensor:
 
 @fast_path(nn.Linear)
 def build_linear(
-    record: ModuleCapture, index_of: dict[int, int], scale: float, memory_cap: int
+    record: ModuleCapture, index_of: dict[int, int], scale: float, memory_cap: int,
+    workspace: Workspace | None = None,
 ) -> BilinearLayer | ExplicitLayer:
     module = record.module
+    workspace = workspace or Workspace()
     calls = record.complete_calls()
     n = calls[0].inputs.shape[0]
     a = _cat([_positions(c.inputs, n) for c in calls])
-    g = _cat([_positions(c.grad_output, n) for c in calls])
-    if scale != 1.0:
-        g = g * scale
+    g = workspace.scaled((record.name, "grad_output"), _cat([_positions(c.grad_output, n) for c in calls]), scale)
     w, b = module.weight, module.bias
     t = a.shape[1]
     if t > 1 and n * w.numel() * w.element_size() <= memory_cap:
@@ -45,7 +45,8 @@ def build_linear(
         if id(w) in index_of:
             indices.append(index_of[id(w)])
             shapes.append(w.shape)
-            grads.append(torch.bmm(g.transpose(1, 2), a))
+            out = workspace.buffer((record.name, "weight_grads"), (n, g.shape[2], a.shape[2]), g.dtype, g.device)
+            grads.append(torch.bmm(g.transpose(1, 2), a, out=out))
         if b is not None and id(b) in index_of:
             indices.append(index_of[id(b)])
             shapes.append(b.shape)

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from trainspect.providers.per_sample.capture import ModuleCapture
-from trainspect.providers.per_sample.layer import ExplicitLayer
+from trainspect.providers.per_sample.layer import ExplicitLayer, Workspace
 from trainspect.providers.per_sample.registry import fast_path
 
 BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
@@ -39,7 +39,8 @@ def _normalized(module: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, tuple
 
 
 @fast_path(nn.LayerNorm, nn.GroupNorm, *BATCH_NORMS)
-def build_norm(record: ModuleCapture, index_of: dict[int, int], scale: float, memory_cap: int) -> ExplicitLayer | None:
+def build_norm(record: ModuleCapture, index_of: dict[int, int], scale: float, memory_cap: int,
+               workspace: Workspace | None = None) -> ExplicitLayer | None:
     module = record.module
     w, b = getattr(module, "weight", None), getattr(module, "bias", None)
     indices, shapes, grads = [], [], []

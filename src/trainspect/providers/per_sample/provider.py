@@ -36,6 +36,7 @@ from trainspect.providers.per_sample.layer import (
     DEFAULT_MEMORY_CAP,
     LayerStatistics,
     OuterPositions,
+    Workspace,
     draw_outer_positions,
     gather_outer_elements,
     outer_shapes,
@@ -142,6 +143,8 @@ class PerSampleLayerProvider(Provider):
         self._batch_norms = [(m, mod) for m, mod in model.named_modules() if isinstance(mod, BATCH_NORMS)]
         self._functional: FunctionalPerSampleGradients | None = None
         self._capture: LayerCapture | None = None
+        #: the fast paths' large temporaries, reused while consecutive steps need them (see Workspace)
+        self.workspace = Workspace()
         self._warned: set[str] = set()
 
     # -- capture -------------------------------------------------------------------------------------
@@ -162,6 +165,13 @@ class PerSampleLayerProvider(Provider):
     def disarm(self, ctx: StepContext) -> None:
         if self._capture is not None:
             self._capture.remove()
+
+    def end_step(self, ctx: StepContext) -> None:
+        if not self.inspector.provider_needed_at(self.name, ctx.step + 1):
+            self.workspace.clear()  # a tracking interval: do not hold the memory until the next due step
+
+    def close(self) -> None:
+        self.workspace.clear()
 
     def before_update(self, ctx: StepContext) -> None:
         # the fallback re-evaluates the model: it must run at θ_t, before optimizer.step() changes it
@@ -213,7 +223,7 @@ class PerSampleLayerProvider(Provider):
                         f"module {mname!r} was called with batch size {call.inputs.shape[0]} but the step's batch "
                         f"has {n} samples: per-sample gradients need the batch on dimension 0 of every layer input"
                     )
-            h = fp.build(record, self.index_of, scale, self.memory_cap)
+            h = fp.build(record, self.index_of, scale, self.memory_cap, self.workspace)
             if h is not None:
                 handlers.append(h)
         if self.fallback_indices:

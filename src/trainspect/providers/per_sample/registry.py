@@ -1,7 +1,8 @@
 """The quantity × layer matrix: which module types have a fast path, and how to build its handler.
 
-A fast path is a function ``build(record, index_of, scale, memory_cap) -> LayerStatistics | None`` for a
-module type, registered with :func:`fast_path`; ``supports(module) -> str | None`` returns why a given
+A fast path is a function ``build(record, index_of, scale, memory_cap, workspace=None) -> LayerStatistics | None``
+for a module type, registered with :func:`fast_path` (``workspace``: a :class:`.Workspace` for its large
+temporaries, reused across steps); ``supports(module) -> str | None`` returns why a given
 instance cannot use it (e.g. a grouped convolution), and then the module's parameters go to the
 ``torch.func`` fallback.
 """
@@ -10,13 +11,19 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 from torch import nn
 
 from trainspect.providers.per_sample.capture import ModuleCapture
-from trainspect.providers.per_sample.layer import LayerStatistics
+from trainspect.providers.per_sample.layer import LayerStatistics, Workspace
 
-Builder = Callable[[ModuleCapture, dict[int, int], float, int], "LayerStatistics | None"]
+
+class Builder(Protocol):
+    """A fast path's handler factory (see the module docstring)."""
+
+    def __call__(self, record: ModuleCapture, index_of: dict[int, int], scale: float, memory_cap: int,
+                 workspace: Workspace | None = None) -> LayerStatistics | None: ...
 
 
 @dataclass
