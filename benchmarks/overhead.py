@@ -252,9 +252,11 @@ def measure_cockpit(problem: Problem, label: str, *, interval: int, steps: int, 
 def peak_memory_extra(problem_key: str, instruments: str, schedule: int, steps: int = 6) -> float:
     """Peak extra resident memory (MiB) of inspected over plain training, each in a fresh subprocess.
 
-    After one warm-up step the process's peak-RSS mark is reset (``/proc/self/clear_refs``, Linux); the
-    peak growth above the RSS at that point is measured over ``steps`` steps. Returns NaN where that is
-    not available."""
+    Once the model, optimizer and (inspected) inspector exist, the process's peak-RSS mark is reset
+    (``/proc/self/clear_refs``, Linux); the peak growth above the RSS at that point is measured over ``steps`` + 1
+    steps, the first included: what the inspector allocates once and keeps (θ₀ for ``distance``, the per-sample
+    workspace reused from step to step) counts, and torch's own first-step allocations cancel against the plain
+    run's. Returns NaN where that is not available."""
     import subprocess
     import sys
 
@@ -275,8 +277,8 @@ def peak_memory_extra(problem_key: str, instruments: str, schedule: int, steps: 
             "    if insp is None:\n        lf(m(x), y).backward()\n"
             "    else:\n        with insp.step(x, y):\n            lf(m(x), y).backward()\n"
             "    o.step()\n"
-            "step(0); open('/proc/self/clear_refs', 'w').write('5'); base = kb('VmRSS')\n"
-            f"for i in range(1, {steps} + 1):\n    step(i)\n"
+            "open('/proc/self/clear_refs', 'w').write('5'); base = kb('VmRSS')\n"
+            f"for i in range({steps} + 1):\n    step(i)\n"
             "print(kb('VmHWM') - base)"
         )
         out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
