@@ -79,3 +79,21 @@ def test_hot_norms_are_used_when_nothing_changes_the_gradient(tmp_path, monkeypa
     inspector.close()
     big = sum(p.numel() >= GradientNorms.hot_min_numel for p in net.parameters())
     assert calls == [len(list(net.parameters())) - big]  # only the small ones were read again
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_difference_norms_match_float64_norms_of_the_differences(dtype):
+    """Blocked (large tensors, several blocks and a partial one), foreach (small, non-contiguous) and empty."""
+    from trainspect.providers.snapshots import _BLOCK, difference_norms
+
+    gen = torch.Generator().manual_seed(0)
+    shapes = [(3 * _BLOCK + 17,), (1000, 300), (7,), (5, 4)]
+    a = [torch.randn(s, generator=gen, dtype=dtype) for s in shapes]
+    b = [x + 1e-3 * torch.randn(x.shape, generator=gen, dtype=dtype) for x in a]
+    a.append(torch.randn(6, 5, generator=gen, dtype=dtype).T)  # non-contiguous
+    b.append(torch.randn(5, 6, generator=gen, dtype=dtype))
+    expected = torch.stack([(x.double() - y.double()).norm() for x, y in zip(a, b)])
+    got = difference_norms(a, b)
+    assert got.dtype == torch.float64
+    torch.testing.assert_close(got, expected, rtol=1e-5 if dtype == torch.float32 else 1e-12, atol=0)
+    assert difference_norms([], []).shape == (0,)

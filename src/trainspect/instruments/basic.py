@@ -13,7 +13,7 @@ import torch
 
 from trainspect.engine.values import SeriesInfo
 from trainspect.instruments.base import Instrument
-from trainspect.providers.snapshots import subtract_into, tensor_norms
+from trainspect.providers.snapshots import difference_norms
 
 if TYPE_CHECKING:
     from trainspect.engine.context import StepContext
@@ -138,16 +138,8 @@ class DistanceFromInit(Instrument):
                    group="step_size"),
     )
 
-    def __init__(self, schedule: Any = None):
-        super().__init__(schedule)
-        self._buffers: list[torch.Tensor] | None = None  # reused: no allocation (and page faults) per measurement
-
     def compute(self, ctx: StepContext) -> dict[str, Any]:
-        params = [p.detach() for p in ctx.params]
-        if self._buffers is None:
-            self._buffers = [torch.empty_like(p) for p in params]
-        subtract_into(self._buffers, params, ctx.get("initial_params"))
-        distances = tensor_norms(self._buffers)
+        distances = difference_norms([p.detach() for p in ctx.params], ctx.get("initial_params"))
         return {"distance": _global(distances), "layer_distance": distances}
 
 
