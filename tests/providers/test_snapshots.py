@@ -93,7 +93,43 @@ def test_difference_norms_match_float64_norms_of_the_differences(dtype):
     a.append(torch.randn(6, 5, generator=gen, dtype=dtype).T)  # non-contiguous
     b.append(torch.randn(5, 6, generator=gen, dtype=dtype))
     expected = torch.stack([(x.double() - y.double()).norm() for x, y in zip(a, b)])
-    got = difference_norms(a, b)
-    assert got.dtype == torch.float64
-    torch.testing.assert_close(got, expected, rtol=1e-5 if dtype == torch.float32 else 1e-12, atol=0)
-    assert difference_norms([], []).shape == (0,)
+    rtol = 1e-5 if dtype == torch.float32 else 1e-12
+    got, none = difference_norms(a, b)
+    assert got.dtype == torch.float64 and none is None
+    torch.testing.assert_close(got, expected, rtol=rtol, atol=0)
+    # the norms of a from the same pass
+    again, norms = difference_norms(a, b, with_norms=True)
+    torch.testing.assert_close(again, expected, rtol=rtol, atol=0)
+    torch.testing.assert_close(norms, torch.stack([x.double().norm() for x in a]), rtol=rtol, atol=0)
+    assert difference_norms([], [])[0].shape == (0,)
+
+
+@pytest.mark.parametrize("instruments", [["distance", "param_norm"], ["param_norm", "distance"], ["distance"],
+                                         ["nonfinite", "param_norm", "distance"]])
+def test_distance_and_parameter_norms_from_one_pass_equal_their_definitions(instruments, tmp_path):
+    """Whichever of the two is asked for first computes both (one read of θ_t); each equals its definition."""
+    net = model()
+    initial = [p.detach().clone() for p in net.parameters()]
+    opt = torch.optim.SGD(net.parameters(), lr=0.5, momentum=0.9)
+    loss_fn = nn.CrossEntropyLoss()
+    inspector = trainspect.attach(net, opt, loss_fn, run_dir=tmp_path / "r", instruments=instruments, checks=None,
+                                  progress=False)
+    gen = torch.Generator().manual_seed(2)
+    distances, norms = [], []
+    for _ in range(3):
+        params = [p.detach().double() for p in net.parameters()]
+        distances.append([float((p - q.double()).norm()) for p, q in zip(params, initial)])
+        norms.append([float(p.norm()) for p in params])
+        x, y = torch.randn(16, 20, generator=gen), torch.randint(0, 4, (16,), generator=gen)
+        opt.zero_grad()
+        with inspector.step(x, y):
+            loss_fn(net(x), y).backward()
+        opt.step()
+    inspector.close()
+    assert not inspector.errors, inspector.errors
+    run = open_run(inspector.run_dir)
+    got = run.series("layer_distance").values
+    np.testing.assert_allclose(got, distances, rtol=1e-5)
+    if "param_norm" in instruments:
+        got = run.series("layer_param_norm").values
+        np.testing.assert_allclose(got, norms, rtol=1e-5)

@@ -230,6 +230,12 @@ class StepContext:
         """Whether provider ``name`` has already been computed this step (to reuse work opportunistically)."""
         return name in self._cache
 
+    def offer(self, name: str, value: Any) -> None:
+        """Provide provider ``name``'s value for this step, computed as a by-product of another provider's pass
+        (e.g. the parameter norms from the same read of θ as the distance from θ₀); ignored if already known."""
+        if name not in self._cache and name not in self._failed:
+            self._cache[name] = value
+
     def release(self) -> None:
         """Drop every cached computation (called at the end of the step)."""
         self._cache.clear()

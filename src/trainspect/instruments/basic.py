@@ -13,7 +13,6 @@ import torch
 
 from trainspect.engine.values import SeriesInfo
 from trainspect.instruments.base import Instrument
-from trainspect.providers.snapshots import difference_norms
 
 if TYPE_CHECKING:
     from trainspect.engine.context import StepContext
@@ -130,7 +129,7 @@ class DistanceFromInit(Instrument):
 
     name = "distance"
     local_only = True  # values identical on every rank (DDP gradients are global); no collective
-    requires = ("initial_params",)
+    requires = ("param_distances",)
     series = (
         SeriesInfo("distance", "scalar", "‖θ_t − θ_0‖₂, distance from initialization", "growing, then levelling",
                    group="step_size"),
@@ -139,7 +138,7 @@ class DistanceFromInit(Instrument):
     )
 
     def compute(self, ctx: StepContext) -> dict[str, Any]:
-        distances = difference_norms([p.detach() for p in ctx.params], ctx.get("initial_params"))
+        distances = ctx.get("param_distances")
         return {"distance": _global(distances), "layer_distance": distances}
 
 
