@@ -5,7 +5,8 @@ from __future__ import annotations
 import torch
 
 
-def bin_index(values: torch.Tensor, low: float, high: float, bins: int) -> torch.Tensor:
+def bin_index(values: torch.Tensor, low: float, high: float, bins: int,
+              edges: torch.Tensor | None = None) -> torch.Tensor:
     """Bin of each value in ``bins`` equal bins on [low, high]; values outside are clamped into the edge
     bins (as Cockpit's ``GradHist1d``/``GradHist2d`` do), so every value is counted.
 
@@ -15,7 +16,8 @@ def bin_index(values: torch.Tensor, low: float, high: float, bins: int) -> torch
     (v − low)·bins/(high − low), then corrected by one comparison with each neighbouring edge: 5x faster
     than ``torch.bucketize``'s binary search on CPU, with the same result.
     """
-    edges = torch.linspace(low, high, bins + 1, dtype=torch.float64, device=values.device)
+    if edges is None:  # (callers that return the edges too pass them in: computed once)
+        edges = torch.linspace(low, high, bins + 1, dtype=torch.float64, device=values.device)
     v = values.to(torch.float64)
     x = torch.sub(v, low).mul_(bins / (high - low)).floor_().nan_to_num_(nan=bins - 1)  # NaN: last bin, as bucketize
     idx = x.clamp_(0, bins - 1).to(torch.int64)
@@ -28,10 +30,11 @@ def bin_index(values: torch.Tensor, low: float, high: float, bins: int) -> torch
 def weighted_histogram(values: torch.Tensor, weights: torch.Tensor | None, low: float, high: float,
                        bins: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(counts [bins] float64, edges [bins + 1]); ``weights`` = how many values each sampled value stands for."""
-    idx = bin_index(values, low, high, bins)
+    edges = torch.linspace(low, high, bins + 1, dtype=torch.float64, device=values.device)
+    idx = bin_index(values, low, high, bins, edges)
     w = None if weights is None else weights.to(torch.float64)
     counts = torch.bincount(idx, weights=w, minlength=bins).to(torch.float64)
-    return counts, torch.linspace(low, high, bins + 1, dtype=torch.float64)
+    return counts, edges.cpu()
 
 
 def weighted_histogram2d(

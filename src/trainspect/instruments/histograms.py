@@ -93,11 +93,16 @@ class GradHist1d(_GradientHistogram):
     def compute(self, ctx: StepContext) -> dict[str, Any]:
         stats = ctx.get("per_sample_grads")
         n = stats.batch_size
-        numel = torch.tensor([float(p.numel()) for p in ctx.params], dtype=torch.float64)
+        numel = [p.numel() for p in ctx.params]
         out: dict[str, Any] = {}
         counts_list, edges_list, keys = [], [], []
         for key, members in self._groups(ctx):
-            lo, hi = self.range or gradient_range(stats.sum_sq_norms[members].sum(), n * float(numel[members].sum()))
+            if self.range:
+                lo, hi = self.range
+            elif len(members) == len(numel):  # all parameters (every step: no index gathers)
+                lo, hi = gradient_range(stats.sum_sq_norms.sum(), n * float(sum(numel)))
+            else:
+                lo, hi = gradient_range(stats.sum_sq_norms[members].sum(), n * float(sum(numel[m] for m in members)))
             if self.exact:
                 counts = torch.zeros(self.bins, dtype=torch.float64)
                 for values in _exact_values(ctx, members):

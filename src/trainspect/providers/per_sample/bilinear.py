@@ -161,7 +161,10 @@ class BilinearLayer(LayerStatistics):
                 per_dir = []
                 for d in directions:
                     av = a @ d[local].reshape(self.dout, self.din).to(a.dtype).T
-                    per_dir.append((av * g).sum(1).reshape(self.batch_size, self.T).sum(1))
+                    if self.T == 1:  # one row per sample: a row-wise dot, no [N, Dout] product
+                        per_dir.append(torch.linalg.vecdot(av, g))
+                    else:
+                        per_dir.append((av * g).sum(1).reshape(self.batch_size, self.T).sum(1))
                 cols.append(torch.stack(per_dir, 1))
         return torch.stack(cols, 1)
 

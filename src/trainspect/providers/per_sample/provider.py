@@ -259,6 +259,15 @@ def requested_quantities(ctx: StepContext) -> set[str]:
     return out
 
 
+def _columns(indices: list[int]) -> slice | list[int]:
+    """The columns of a handler's parameters: a slice where they are consecutive (weight then bias, the usual
+    case), which assigns as a plain copy instead of an advanced-indexing scatter."""
+    first = indices[0]
+    if indices == list(range(first, first + len(indices))):
+        return slice(first, first + len(indices))
+    return indices
+
+
 def project_per_sample(ctx: StepContext, directions: list[list[torch.Tensor]]) -> torch.Tensor:
     """g_{i,p}ᵀ v_p for every local sample i, tracked parameter p and direction v: [N_local, P, K] float64.
 
@@ -270,7 +279,7 @@ def project_per_sample(ctx: StepContext, directions: list[list[torch.Tensor]]) -
     out = torch.zeros(layers.batch_size, len(ctx.params), len(directions), dtype=torch.float64)
     for h in layers.handlers:
         dirs = [[d[i] for i in h.param_indices] for d in directions]
-        out[:, h.param_indices] = h.project(dirs).to(torch.float64).cpu()
+        out[:, _columns(h.param_indices)] = h.project(dirs).to(torch.float64).cpu()
     return out
 
 
@@ -307,19 +316,23 @@ class PerSampleGradients(Provider):
         need_sums = distributed or bool({"sum_grads", "sum_grads_squared"} & want)
         sums: list[torch.Tensor | None] = [None] * n_params
         sum_sq: list[torch.Tensor | None] = [None] * n_params
-        grams: dict[int, torch.Tensor] = {}
+        grams: list[tuple[slice | list[int], torch.Tensor]] = []  # (columns, K [R, N, N]) per Gram handler
+        in_grams: set[int] = set()
         sq_norms = torch.zeros(n_local, n_params, dtype=torch.float64)
         direct: list[LayerStatistics] = []  # handlers whose projections on ḡ need sums + project
         for h in layers.handlers:
             k = None if distributed else h.gram()
             if k is not None:
+                # one operation per handler (not per parameter) for each quantity taken from K: a step runs
+                # this for every layer, and each small tensor operation costs microseconds
                 k = k.to(torch.float64).cpu()
-                for loc, idx in enumerate(h.param_indices):
-                    grams[idx] = k[loc]
-                    sq_norms[:, idx] = k[loc].diagonal()
+                cols = _columns(h.param_indices)
+                grams.append((cols, k))
+                in_grams.update(h.param_indices)
+                sq_norms[:, cols] = k.diagonal(dim1=1, dim2=2).T
             else:
                 direct.append(h)
-                sq_norms[:, h.param_indices] = h.sq_norms().to(torch.float64).cpu()
+                sq_norms[:, _columns(h.param_indices)] = h.sq_norms().to(torch.float64).cpu()
             if k is None or need_sums:
                 for idx, t in zip(h.param_indices, h.sum_grads()):
                     sums[idx] = t
@@ -336,10 +349,9 @@ class PerSampleGradients(Provider):
         sum_sq_r = list(reduced[len(have):len(have) + len(extra)]) or None
         sum_sq_norms, n_total = reduced[-2], int(round(float(reduced[-1][0])))
         sum_norms_sq = torch.zeros(n_params, dtype=torch.float64)  # ‖Σ_i g_{i,p}‖²
-        for i in range(n_params):
-            if i in grams:
-                sum_norms_sq[i] = grams[i].sum()
-        dense = [i for i in range(n_params) if i not in grams]
+        for cols, k in grams:
+            sum_norms_sq[cols] = k.sum((1, 2))
+        dense = [i for i in range(n_params) if i not in in_grams]
         if dense:
             norms = torch._foreach_norm([sums[i] for i in dense])
             sum_norms_sq[dense] = torch.stack(norms).to(torch.float64).cpu().square()
@@ -352,11 +364,11 @@ class PerSampleGradients(Provider):
         )
         if "proj_mean" in want:
             proj = torch.zeros(n_local, n_params, dtype=torch.float64)
-            for i, k in grams.items():
-                proj[:, i] = k.sum(1) / n_total
+            for cols, k in grams:
+                proj[:, cols] = k.sum(2).T / n_total
             for h in direct:
                 mean = [sums[i] / n_total for i in h.param_indices]
-                proj[:, h.param_indices] = h.project([mean])[:, :, 0].to(torch.float64).cpu()
+                proj[:, _columns(h.param_indices)] = h.project([mean])[:, :, 0].to(torch.float64).cpu()
             r = all_reduce_sum([proj.square().sum(0), proj.sum(1).square().sum().reshape(1)])
             stats.proj_mean, stats.sum_proj_mean_sq, stats.sum_proj_mean_total_sq = proj, r[0], r[1][0]
         if "elements" in want:
