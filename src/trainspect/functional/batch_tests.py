@@ -167,13 +167,15 @@ def alpha_quadratic_fit(
     if step_length == 0:
         return -1.0
     t = float(step_length)
-    weights = [1.0 / float(v) if v != 0 else 1e10 for v in (var_f0, var_f1, var_df0, var_df1)]
-    rows = ((1.0, 0.0, 0.0), (1.0, t, t * t), (0.0, 1.0, 0.0), (0.0, 1.0, 2 * t))
-    y = (float(f0), float(f1), float(df0), float(df1))
-    # the 3×3 normal equations in Python floats: this runs every step alpha is due, and a solve of this size
-    # costs far more in NumPy's or torch's call overhead than in arithmetic
-    normal = [[sum(w * r[i] * r[j] for w, r in zip(weights, rows)) for j in range(3)] for i in range(3)]
-    rhs = [sum(w * r[i] * v for w, r, v in zip(weights, rows, y)) for i in range(3)]
+    w0, w1, w2, w3 = (1.0 / float(v) if v != 0 else 1e10 for v in (var_f0, var_f1, var_df0, var_df1))
+    f0, f1, df0, df1 = float(f0), float(f1), float(df0), float(df1)
+    # the 3×3 normal equations Φ Λ⁻¹ Φᵀ μ = Φ Λ⁻¹ y written out, in Python floats: this runs every step alpha
+    # is due, and a solve of this size costs far more in NumPy's or torch's call overhead than in arithmetic
+    t2 = t * t
+    normal = [[w0 + w1, w1 * t, w1 * t2],
+              [w1 * t, w1 * t2 + w2 + w3, w1 * t2 * t + 2 * t * w3],
+              [w1 * t2, w1 * t2 * t + 2 * t * w3, w1 * t2 * t2 + 4 * t2 * w3]]
+    rhs = [w0 * f0 + w1 * f1, w1 * t * f1 + w2 * df0 + w3 * df1, w1 * t2 * f1 + 2 * t * w3 * df1]
     mu = _solve3(normal, rhs)
     if mu is None:  # singular
         return None
