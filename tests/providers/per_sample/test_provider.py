@@ -165,7 +165,10 @@ def test_wide_layers_use_the_gram_path():
     layer = BilinearLayer(torch.randn(n, t, 40), torch.randn(n, t, 60), 0, 1, torch.Size([60, 40]),
                           torch.Size([60]))
     assert layer.gram() is not None
-    assert BilinearLayer(torch.randn(n, 1, 6), torch.randn(n, 1, 7), 0, None, torch.Size([7, 6]), None).gram() is None
+    assert BilinearLayer(torch.randn(n, 1, 3), torch.randn(n, 1, 4), 0, None, torch.Size([4, 3]), None).gram() is None
+    # N(Din + Dout) = 78: below Σ_i g_i plus the projections (2·Din·Dout = 84), not below the projections alone (42)
+    middling = BilinearLayer(torch.randn(n, 1, 6), torch.randn(n, 1, 7), 0, None, torch.Size([7, 6]), None)
+    assert middling.gram() is not None and middling.gram(with_sums=True) is None
 
 
 def test_outer_positions_repeat_every_cycle_and_agree_across_instances():

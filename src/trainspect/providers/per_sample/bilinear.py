@@ -90,12 +90,14 @@ class BilinearLayer(LayerStatistics):
         return self.T * self.T * (self.din + self.dout) > self.T * self.din * self.dout
 
     # -- statistics --------------------------------------------------------------------------------
-    def gram(self) -> torch.Tensor | None:
+    def gram(self, with_sums: bool = False) -> torch.Tensor | None:
         """K_{ij} = g_iᵀg_j = Σ_{t,s} (a_{i,t}·a_{j,s})(δ_{i,t}·δ_{j,s}) for the weight, Σ_{t,s} δ_{i,t}·δ_{j,s}
-        for the bias: N²T²(Din+Dout) flops, used when below a projection's N·T·Din·Dout (e.g. T = 1 layers
-        wider than the batch) and the (NT)² matrix is small."""
+        for the bias: N²T²(Din+Dout) flops, used when below what it replaces — Σ_i g_i and the projections
+        g_iᵀḡ, 2·N·T·Din·Dout, or only the projections, N·T·Din·Dout, if the sums are computed anyway
+        (``with_sums``) — (e.g. T = 1 layers wider than the batch) and the (NT)² matrix is small."""
         n, t = self.batch_size, self.T
-        if n * t * (self.din + self.dout) >= self.din * self.dout or (n * t) ** 2 > 2**24:
+        replaced = (1 if with_sums else 2) * self.din * self.dout
+        if n * t * (self.din + self.dout) >= replaced or (n * t) ** 2 > 2**24:
             return None
         a = self.A.reshape(n * t, self.din)
         g = self.G.reshape(n * t, self.dout)

@@ -98,9 +98,10 @@ class LayerStatistics:
     def sum_grads(self) -> list[torch.Tensor]:
         raise NotImplementedError
 
-    def gram(self) -> torch.Tensor | None:
+    def gram(self, with_sums: bool = False) -> torch.Tensor | None:
         """[k, N, N] Gram matrices g_{i,p}ᵀ g_{j,p} per parameter, if cheaper than ``sum_grads`` +
-        ``project`` (then ‖g_i‖², ‖Σ_i g_i‖² and g_iᵀḡ all come from it); None otherwise."""
+        ``project`` (only ``project`` if the sums are computed anyway: ``with_sums``; then ‖g_i‖², ‖Σ_i g_i‖² and
+        g_iᵀḡ all come from it); None otherwise."""
         return None
 
     def sq_norms(self) -> torch.Tensor:

@@ -321,7 +321,7 @@ class PerSampleGradients(Provider):
         sq_norms = torch.zeros(n_local, n_params, dtype=torch.float64)
         direct: list[LayerStatistics] = []  # handlers whose projections on ḡ need sums + project
         for h in layers.handlers:
-            k = None if distributed else h.gram()
+            k = None if distributed else h.gram(with_sums=need_sums)
             if k is not None:
                 # one operation per handler (not per parameter) for each quantity taken from K: a step runs
                 # this for every layer, and each small tensor operation costs microseconds
