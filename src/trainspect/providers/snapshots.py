@@ -216,21 +216,19 @@ class GradientNorms(Provider):
         self._hot.clear()
 
 
-def _norms_and_distances(ctx: StepContext, first: str) -> torch.Tensor:
-    """``param_norms`` or ``param_distances`` (``first``), and the other one too (offered to the context) if this
-    step needs it and it is not known yet: both from one read of θ_t."""
-    other = "param_distances" if first == "param_norms" else "param_norms"
+def _norms_and_distances(ctx: StepContext, wanted: str) -> torch.Tensor:
+    """``param_norms`` or ``param_distances`` (``wanted``); if this step also needs the other one and it is not
+    known yet, both from one read of θ_t, the other offered to the context."""
+    other = "param_distances" if wanted == "param_norms" else "param_norms"
+    both = other in ctx.needed_providers and not ctx.cached(other)
     params = [p.detach() for p in ctx.params]
-    if first == "param_norms" and (other not in ctx.needed_providers or ctx.cached(other)):
+    if wanted == "param_norms" and not both:
         return tensor_norms(params)
-    distances, norms = difference_norms(params, ctx.get("initial_params"),
-                                        with_norms=other in ctx.needed_providers and not ctx.cached(other))
-    if first == "param_norms":
-        ctx.offer(other, distances)
-        return norms  # type: ignore[return-value]
-    if norms is not None:
-        ctx.offer(other, norms)
-    return distances
+    distances, norms = difference_norms(params, ctx.get("initial_params"), with_norms=both)
+    values = {"param_distances": distances, "param_norms": norms}
+    if both:
+        ctx.offer(other, values[other])
+    return values[wanted]  # type: ignore[return-value]
 
 
 class ParameterNorms(Provider):
