@@ -1,4 +1,4 @@
-"""The run store's writer process: reads framed messages on stdin and commits them to SQLite.
+"""The run store's writer process: reads framed messages (from a shared-memory ring and stdin) and commits them.
 
 Started by :class:`trainspect.store.writer.StoreWriter` as ``python -S _writer_process.py DB``. It imports only
 the standard library (this file's folder is put on ``sys.path``, not the torch-importing package), so it
@@ -12,7 +12,10 @@ It runs on any core the machine allows, not only on the core the training proces
 (``OMP_PROC_BIND`` pins torch's main thread, and a child inherits that thread's affinity), so it never
 competes with the training loop for one core while another has time to spare.
 
-Frame: ``uint32 header_length, uint32 payload_length`` (little-endian), JSON header, payload bytes.
+Steps come through a shared-memory ring (``_ring.py``: no system call per step in the training process), drained
+every ``COMMIT_INTERVAL``; stdin carries flush requests, frames too large for the ring, and the end of the run.
+
+Pipe frame: ``uint32 header_length, uint32 payload_length`` (little-endian), JSON header, payload bytes.
 A header ``{"op": "flush"}`` is answered with one newline on stdout once everything before it is committed
 (``E`` and a newline if some message failed).
 """
@@ -47,20 +50,23 @@ def _move_off(busy: set[int]) -> None:
         pass
 
 
-def main(db: str, busy: set[int] | None = None) -> int:
+def main(db: str, busy: set[int] | None = None, ring_path: str | None = None) -> int:
     # Ctrl-C in the terminal reaches the whole process group: the training process decides when we stop
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from _ring import Ring
     from _sql import SqlWriter, connect
 
     _move_off(busy or set())
     writer = SqlWriter(connect(db, create=False))
+    ring = Ring.attach(ring_path) if ring_path else None
     fd = sys.stdin.fileno()
     sink = sys.stdout.buffer
     buffer = bytearray()
     pending: list[tuple[dict, bytes]] = []
     failed = False
     eof = False
+    layouts: dict[int, tuple[struct.Struct, list[str], list[tuple[str, int]]]] = {}
 
     def commit() -> None:
         nonlocal failed
@@ -76,8 +82,33 @@ def main(db: str, busy: set[int] | None = None) -> int:
             sys.stderr.flush()
             pending.clear()
 
+    def answer(flushes: int) -> None:
+        for _ in range(flushes):
+            sink.write(b"E\n" if failed else b"\n")
+            sink.flush()
+
     try:
-        while True:
+        while ring is not None:
+            # Steps arrive in the ring, which wakes nobody: look every COMMIT_INTERVAL, or at once when the pipe
+            # says something (a flush request, a frame too large for the ring, a full ring, or EOF).
+            if select.select([fd], [], [], COMMIT_INTERVAL)[0]:
+                chunk = os.read(fd, 1 << 20)
+                if not chunk:
+                    eof = True
+                buffer += chunk
+            # A large frame goes through the pipe only once the ring is drained, so the ring's frames taken now
+            # come after the pipe's; a flush is answered once everything sent before it is committed.
+            flushes = _parse(buffer, pending, stop_at_flush=False, layouts=layouts)
+            for body, payload in ring.take():
+                _receive(body, payload, pending, layouts)
+            commit()
+            answer(flushes)
+            if eof:
+                if ring.pending():
+                    print(f"trainspect store writer: {ring.pending()} bytes at the end of the ring were incomplete",
+                          file=sys.stderr)
+                break
+        while ring is None:
             if not _complete_frame(buffer):
                 if eof:
                     break
@@ -96,12 +127,12 @@ def main(db: str, busy: set[int] | None = None) -> int:
                     buffer += chunk
                 flushes += _parse(buffer, pending)
             commit()
-            for _ in range(flushes):
-                sink.write(b"E\n" if failed else b"\n")
-                sink.flush()
+            answer(flushes)
         commit()
     finally:
         writer.close()
+        if ring is not None:
+            ring.close()
     return 1 if failed else 0
 
 
@@ -113,11 +144,45 @@ def _complete_frame(buffer: bytearray) -> bool:
     return len(buffer) >= 8 + header_length + payload_length
 
 
-def _parse(buffer: bytearray, pending: list[tuple[dict, bytes]]) -> int:
+def _receive(body: bytes, payload: bytes, pending: list[tuple[dict, bytes]], layouts: dict) -> None:
+    """Decode one frame into ``pending``: JSON, or a binary step (whose layout arrived in a ``layout`` frame)."""
+    if body[:1] == b"B":
+        pending.append(binary_step(body, payload, layouts))
+        return
+    header = json.loads(body)
+    if header["op"] == "layout":
+        names = header["scalars"]
+        layouts[header["id"]] = (struct.Struct(f"<BIqddd?{len(names)}d"), names, header["layers"])
+    elif header["op"] != "wake":
+        pending.append((header, payload))
+
+
+def binary_step(body: bytes, payload: bytes, layouts: dict) -> tuple[dict, bytes]:
+    """A binary step frame as the step message it stands for.
+
+    Frame: ``uint8 0x42, uint32 layout, int64 step, float64 wall_time, user_seconds, overhead_seconds,
+    bool optimizer_stepped``, then one float64 per scalar of the layout; payload: the layout's per-layer vectors,
+    float64, one after the other."""
+    packer, names, layers = layouts[struct.unpack_from("<I", body, 1)[0]]
+    _, _, step, wall_time, user_seconds, overhead_seconds, stepped, *values = packer.unpack(body)
+    offsets, offset = {}, 0
+    for name, length in layers:
+        offsets[name] = [offset, 8 * length]
+        offset += 8 * length
+    if offset != len(payload):
+        raise ValueError(f"binary step {step}: {len(payload)} payload bytes for a layout of {offset}")
+    return ({"op": "step", "step": step, "wall_time": wall_time, "user_seconds": user_seconds,
+             "overhead_seconds": overhead_seconds, "optimizer_stepped": stepped, "scalars": dict(zip(names, values)),
+             "layers": offsets, "histograms": {}}, payload)
+
+
+def _parse(buffer: bytearray, pending: list[tuple[dict, bytes]], stop_at_flush: bool = True,
+           layouts: dict | None = None) -> int:
     """Move the complete frames at the start of ``buffer`` into ``pending``; returns how many were flushes.
 
     A flush request is answered after everything sent before it is committed (by the caller), so frames after
-    a flush are left in the buffer until then.
+    a flush are left in the buffer until then (unless not ``stop_at_flush``: committing more is harmless).
+    A ``wake`` frame only wakes this process (the ring is full).
     """
     offset, flushes = 0, 0
     while len(buffer) - offset >= 8:
@@ -125,11 +190,22 @@ def _parse(buffer: bytearray, pending: list[tuple[dict, bytes]]) -> int:
         end = offset + 8 + header_length + payload_length
         if end > len(buffer):
             break
-        header = json.loads(bytes(buffer[offset + 8:offset + 8 + header_length]))
+        body = bytes(buffer[offset + 8:offset + 8 + header_length])
+        if layouts is not None and body[:1] != b"{":
+            _receive(body, bytes(buffer[end - payload_length:end]), pending, layouts)
+            offset = end
+            continue
+        header = json.loads(body)
         offset = end
         if header["op"] == "flush":
             flushes += 1
-            break
+            if stop_at_flush:
+                break
+            continue
+        if header["op"] in ("wake", "layout"):
+            if layouts is not None:
+                _receive(body, b"", pending, layouts)
+            continue
         pending.append((header, bytes(buffer[end - payload_length:end])))
     del buffer[:offset]
     return flushes
@@ -137,4 +213,4 @@ def _parse(buffer: bytearray, pending: list[tuple[dict, bytes]]) -> int:
 
 if __name__ == "__main__":
     busy = {int(c) for c in sys.argv[2].split(",") if c} if len(sys.argv) > 2 else set()
-    sys.exit(main(sys.argv[1], busy))
+    sys.exit(main(sys.argv[1], busy, sys.argv[3] if len(sys.argv) > 3 and sys.argv[3] else None))

@@ -3,9 +3,10 @@
 A SQLite commit costs 0.1–0.2 ms here, as much as a whole training step of a small model, and a writer
 *thread* would fight the training loop for the GIL. So by default a tiny writer process (standard library
 only) owns the database: the training process serializes each step's record (JSON header + raw float64
-bytes, no pickle) into a pipe, and the writer commits it as one transaction. If the training process is
-killed (even ``kill -9``), the writer reads what was sent to the end and commits it: at most the step being
-sent is lost. ``sync=True`` writes in the training process instead (no extra process).
+bytes, no pickle) into a ring of shared memory (``_ring.py``: no system call per step), and the writer commits
+it in grouped transactions. If the training process is killed (even ``kill -9``), the writer sees its pipe
+close, reads the ring to the end and commits it: at most the step being sent is lost. ``sync=True`` writes in
+the training process instead (no extra process).
 """
 
 from __future__ import annotations
@@ -24,12 +25,15 @@ from typing import Any
 import numpy as np
 
 from trainspect.engine.record import Sink, StepRecord
+from trainspect.store._ring import Ring
 from trainspect.store._sql import SchemaTooNew, SqlWriter, connect
 from trainspect.store.codec import to_json
 from trainspect.store.errors import StoreError, StoreVersionError
 from trainspect.store.schema import DB_FILENAME
 
 _WRITER_SCRIPT = Path(__file__).with_name("_writer_process.py")
+#: first byte of a binary step frame (a JSON frame starts with "{"); layout in ``_writer_process.binary_step``
+BINARY_STEP = 0x42
 
 
 def prepare_run_dir(run_dir: str | os.PathLike[str], *, overwrite: bool = False) -> Path:
@@ -112,6 +116,9 @@ class StoreWriter(Sink):
         conn = connect(str(self.path), create=True)  # the schema exists before anyone reads
         self._sql: SqlWriter | None = None
         self._proc: subprocess.Popen[bytes] | None = None
+        self._ring: Ring | None = None
+        #: (scalar names, layer names) -> (layout id, packer, vector lengths) of binary step frames
+        self._layouts: dict[tuple[tuple[str, ...], tuple[str, ...]], tuple[int, struct.Struct, list[int]]] = {}
         if sync:
             self._sql = SqlWriter(conn)
         else:
@@ -120,8 +127,13 @@ class StoreWriter(Sink):
                 busy = ",".join(map(str, sorted(os.sched_getaffinity(0))))
             except (AttributeError, OSError):
                 busy = ""
+            try:
+                self._ring = Ring.create()
+            except OSError:  # no shared memory to be had: every frame goes through the pipe
+                self._ring = None
             self._proc = subprocess.Popen(
-                [sys.executable, "-S", str(_WRITER_SCRIPT), str(self.path), busy],
+                [sys.executable, "-S", str(_WRITER_SCRIPT), str(self.path), busy,
+                 self._ring.path if self._ring is not None else ""],
                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                 env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"},
             )
@@ -138,11 +150,39 @@ class StoreWriter(Sink):
         proc = self._proc
         assert proc is not None and proc.stdin is not None
         body = _encode_json(header).encode()
+        ring = self._ring
+        if ring is not None and header["op"] != "flush":
+            if ring.put(body, payload):
+                return
+            self._wait_for_ring(body, payload)
+            if ring.fits(body, payload) and ring.put(body, payload):
+                return
+        self._write_pipe(body, payload)
+
+    def _write_pipe(self, body: bytes, payload: bytes) -> None:
+        proc = self._proc
+        assert proc is not None and proc.stdin is not None
         try:
             proc.stdin.write(struct.pack("<II", len(body), len(payload)) + body + payload)
             proc.stdin.flush()
         except (BrokenPipeError, OSError) as error:
             raise StoreError(f"the run store's writer process stopped: {self._writer_stderr()}") from error
+
+    def _wait_for_ring(self, body: bytes, payload: bytes) -> None:
+        """The ring is full, or the frame is too large for it: wake the writer process and wait until it has room
+        (or, for a frame the ring can never hold, until it is drained, so that the frame sent through the pipe
+        keeps its place after the frames before it)."""
+        ring = self._ring
+        assert ring is not None and self._proc is not None
+        self._write_pipe(_encode_json({"op": "wake"}).encode(), b"")
+        deadline = time.monotonic() + 60.0
+        fits = ring.fits(body, payload)
+        while not (ring.has_room(body, payload) if fits else ring.drained()):
+            if self._proc.poll() is not None:
+                raise StoreError(f"the run store's writer process stopped: {self._writer_stderr()}")
+            if time.monotonic() > deadline:
+                raise StoreError(f"the run store's writer process has not read anything for 60 s ({self.path})")
+            time.sleep(0.001)
 
     def _writer_stderr(self) -> str:
         proc = self._proc
@@ -178,6 +218,9 @@ class StoreWriter(Sink):
                 for instrument, info in record.new_series]
 
     def write_step(self, record: StepRecord) -> None:
+        if self._ring is not None and not record.histograms and not record.new_series:
+            self._send_binary_step(record)
+            return
         payload = _Payload()
         header = {
             "op": "step",
@@ -197,6 +240,32 @@ class StoreWriter(Sink):
         if record.new_series:
             header["new_series"] = self._new_series(record)
         self._send(header, payload.bytes())
+
+    def _send_binary_step(self, record: StepRecord) -> None:
+        """A step of scalars and per-layer vectors as one packed binary frame (``BINARY_STEP``): the names are sent
+        once per layout (the same few sets of series recur step after step), the values as raw float64.
+        Measured in the training step of the digits MLP: ≈ 23 µs for the JSON encoding of a step's header alone."""
+        scalars, layers = record.scalars, record.layers
+        key = (tuple(scalars), tuple(layers))
+        layout = self._layouts.get(key)
+        if layout is None:
+            layout = self._layouts[key] = (
+                len(self._layouts), struct.Struct(f"<BIqddd?{len(scalars)}d"), [v.shape[0] for v in layers.values()])
+            self._send({"op": "layout", "id": layout[0], "scalars": list(scalars),
+                        "layers": [[k, n] for k, n in zip(layers, layout[2])]})
+        index, packer, lengths = layout
+        vectors = list(layers.values())
+        if [v.shape[0] for v in vectors] != lengths:  # never for the engine's records (one entry per parameter)
+            raise StoreError(f"per-layer series of step {record.step} changed length: {list(layers)}")
+        body = packer.pack(BINARY_STEP, index, record.step, record.wall_time, record.user_seconds,
+                           record.overhead_seconds, record.optimizer_stepped, *scalars.values())
+        payload = b"".join([np.ascontiguousarray(v, "<f8").tobytes() for v in vectors]) if vectors else b""
+        ring = self._ring
+        assert ring is not None
+        if not ring.put(body, payload):
+            self._wait_for_ring(body, payload)
+            if not (ring.fits(body, payload) and ring.put(body, payload)):
+                self._write_pipe(body, payload)
 
     def write_user_values(self, record: StepRecord) -> None:
         self._send({"op": "user", "step": record.step, "new_series": self._new_series(record),
@@ -239,5 +308,11 @@ class StoreWriter(Sink):
         for stream in (proc.stdout, proc.stderr):
             if stream is not None:
                 stream.close()
+        if self._ring is not None:
+            self._ring.close()
+            try:  # the writer unlinks it once attached; not if it never started
+                os.unlink(self._ring.path)
+            except OSError:
+                pass
         if code != 0:
             raise StoreError(f"the run store's writer failed (exit code {code}): {stderr[-2000:]}")

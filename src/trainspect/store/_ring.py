@@ -1,0 +1,155 @@
+"""A shared-memory ring of framed messages from the training process to the store's writer process.
+
+Why: a pipe write is a system call, and a system call costs ≈ 20 µs on a virtual machine (measured here: 23 µs
+for ``os.write`` of 400 bytes) — as much as 7 % of a whole training step of the digits MLP. Copying the same
+frame into memory shared with the writer process costs ≈ 0.3 µs and wakes nobody; the writer process drains
+the ring when it wakes anyway (every ``COMMIT_INTERVAL``). Durability is unchanged: the mapping belongs to
+both processes, so if the training process is killed (even ``kill -9``) what it wrote stays readable by the
+writer, which drains the ring to its end when the pipe (kept for flush requests and end-of-run) reaches EOF.
+
+Standard library only: the writer process imports this file without the torch-importing package.
+
+Layout: 64 header bytes (``uint64`` bytes written, ``uint64`` bytes consumed), then ``capacity`` data bytes
+used circularly. A frame is ``uint32 body_length, uint32 payload_length, uint32 crc`` then the body and the
+payload, possibly wrapping around the end. The CRC-32 covers body and payload and is seeded with the frame's
+position: on a machine that may reorder memory writes (ARM), a frame whose bytes are not yet all visible (or
+stale bytes from an earlier lap) fails the check, and the reader tries again at its next wake-up instead of
+reading garbage. The writer (one thread of one process) and the reader (one process) are the only parties.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+import struct
+import tempfile
+import zlib
+
+_HEADER = 64
+_POSITION = struct.Struct("<Q")
+_FRAME = struct.Struct("<III")
+#: default data capacity: ≈ 10 000 steps of default instruments, drained every 50 ms
+CAPACITY = 4 << 20
+
+
+def _shared_memory_folder() -> str | None:
+    """``/dev/shm`` where it exists (memory, never written to disk), else the system's temporary folder."""
+    folder = "/dev/shm"
+    return folder if os.path.isdir(folder) and os.access(folder, os.W_OK) else None
+
+
+class Ring:
+    """One end of the ring: :meth:`create` for the training process (writes), :meth:`attach` for the writer
+    process (reads). Not thread-safe: one writing thread, one reading process."""
+
+    def __init__(self, memory: mmap.mmap, path: str):
+        self._memory = memory
+        self.path = path
+        self.capacity = len(memory) - _HEADER
+        self._position = 0  # bytes written (writer end) or consumed (reader end) so far
+
+    @classmethod
+    def create(cls, capacity: int = CAPACITY) -> Ring:
+        """A new ring in a fresh file (``/dev/shm`` if available); the reader unlinks it once attached."""
+        fd, path = tempfile.mkstemp(prefix="trainspect-ring-", dir=_shared_memory_folder())
+        try:
+            os.ftruncate(fd, _HEADER + capacity)
+            memory = mmap.mmap(fd, _HEADER + capacity)
+        except BaseException:
+            os.close(fd)
+            os.unlink(path)
+            raise
+        os.close(fd)
+        return cls(memory, path)
+
+    @classmethod
+    def attach(cls, path: str) -> Ring:
+        """The reading end of the ring at ``path``; the file is unlinked (the mappings keep the memory)."""
+        fd = os.open(path, os.O_RDWR)
+        try:
+            memory = mmap.mmap(fd, os.fstat(fd).st_size)
+        finally:
+            os.close(fd)
+        try:
+            os.unlink(path)
+        except OSError:
+            pass
+        return cls(memory, path)
+
+    # -- writing end --------------------------------------------------------------------------------------
+    def fits(self, body: bytes, payload: bytes) -> bool:
+        """Whether a frame of this size can ever go through the ring (else: send it another way)."""
+        return _FRAME.size + len(body) + len(payload) <= self.capacity
+
+    def has_room(self, body: bytes, payload: bytes = b"") -> bool:
+        """Whether the frame fits into the space the reader has freed so far."""
+        size = _FRAME.size + len(body) + len(payload)
+        return self._position + size - _POSITION.unpack_from(self._memory, 8)[0] <= self.capacity
+
+    def put(self, body: bytes, payload: bytes = b"") -> bool:
+        """Append one frame; False (nothing written) if the ring has no room for it now."""
+        data = body + payload if payload else body
+        size = _FRAME.size + len(data)
+        start = self._position
+        memory = self._memory
+        if start + size - _POSITION.unpack_from(memory, 8)[0] > self.capacity:
+            return False
+        frame = _FRAME.pack(len(body), len(payload), zlib.crc32(data, start & 0xFFFFFFFF)) + data
+        offset = start % self.capacity
+        if offset + size <= self.capacity:
+            memory[_HEADER + offset:_HEADER + offset + size] = frame
+        else:
+            self._write(start, frame)
+        self._position = start + size
+        # published after the frame: a reader never sees a position before the bytes it covers were written
+        # (x86 keeps stores in order; elsewhere the CRC catches a frame not yet fully visible)
+        _POSITION.pack_into(memory, 0, self._position)
+        return True
+
+    def drained(self) -> bool:
+        """Whether the reader has consumed every frame written so far."""
+        return _POSITION.unpack_from(self._memory, 8)[0] == self._position
+
+    # -- reading end ---------------------------------------------------------------------------------------
+    def take(self) -> list[tuple[bytes, bytes]]:
+        """Every complete, verified frame written since the last call, as ``(body, payload)``, oldest first."""
+        written = _POSITION.unpack_from(self._memory, 0)[0]
+        position = self._position
+        frames = []
+        while written - position >= _FRAME.size:
+            body_length, payload_length, crc = _FRAME.unpack(self._read(position, _FRAME.size))
+            size = _FRAME.size + body_length + payload_length
+            if size > written - position:
+                break  # a length not yet visible (reordered writes): retry at the next wake-up
+            data = self._read(position + _FRAME.size, body_length + payload_length)
+            if zlib.crc32(data, position & 0xFFFFFFFF) != crc:
+                break
+            frames.append((data[:body_length], data[body_length:]))
+            position += size
+        if position != self._position:
+            self._position = position
+            _POSITION.pack_into(self._memory, 8, position)
+        return frames
+
+    def pending(self) -> int:
+        """Bytes written but not taken (a frame the CRC still refuses counts here)."""
+        return _POSITION.unpack_from(self._memory, 0)[0] - self._position
+
+    # -- circular copies --------------------------------------------------------------------------------------
+    def _write(self, position: int, data: bytes) -> None:
+        offset = position % self.capacity
+        first = min(len(data), self.capacity - offset)
+        self._memory[_HEADER + offset:_HEADER + offset + first] = data[:first]
+        if first < len(data):
+            self._memory[_HEADER:_HEADER + len(data) - first] = data[first:]
+
+    def _read(self, position: int, size: int) -> bytes:
+        offset = position % self.capacity
+        first = min(size, self.capacity - offset)
+        data = self._memory[_HEADER + offset:_HEADER + offset + first]
+        if first < size:
+            data += self._memory[_HEADER:_HEADER + size - first]
+        return data
+
+    def close(self) -> None:
+        self._memory.close()
