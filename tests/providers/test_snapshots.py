@@ -68,17 +68,16 @@ def test_hot_norms_are_used_when_nothing_changes_the_gradient(tmp_path, monkeypa
     calls = []
     import trainspect.providers.snapshots as snapshots
 
-    real = snapshots._norm_list
-    monkeypatch.setattr(snapshots, "_norm_list",
-                        lambda ts, known=None: calls.append(len(ts) - len(known or {})) or real(ts, known))
+    real = snapshots._dottable  # asked only of gradients without a norm from the hooks
+    monkeypatch.setattr(snapshots, "_dottable", lambda t: calls.append(t.numel()) or real(t))
     x, y = torch.randn(16, 20), torch.randint(0, 4, (16,))
     opt.zero_grad()
     with inspector.step(x, y):
         loss_fn(net(x), y).backward()
     opt.step()
     inspector.close()
-    big = sum(p.numel() >= GradientNorms.hot_min_numel for p in net.parameters())
-    assert calls == [len(list(net.parameters())) - big]  # only the small ones were read again
+    small = [p.numel() for p in net.parameters() if p.numel() < GradientNorms.hot_min_numel]
+    assert calls == small  # only the small ones were read again
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])

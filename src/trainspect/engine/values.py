@@ -83,5 +83,7 @@ class Curve:
 def to_numpy(value: Any) -> np.ndarray:
     """Detach a tensor (or number, or array) to a float64 NumPy array."""
     if isinstance(value, torch.Tensor):
+        if value.dtype is torch.float64 and not value.requires_grad and value.device.type == "cpu":
+            return value.numpy()  # the common case (norm vectors): no tensor operation at all
         return value.detach().to("cpu", torch.float64).numpy()
     return np.asarray(value, dtype=np.float64)

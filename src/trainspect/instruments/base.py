@@ -24,7 +24,7 @@ class Instrument:
             series = (SeriesInfo("grad_norm", "scalar", "‖∇L‖₂ of the mini-batch gradient"),)
 
             def compute(self, ctx):
-                return {"grad_norm": ctx.get("grad_norms").norm()}
+                return {"grad_norm": float(np.linalg.norm(ctx.get("grad_norms")))}
 
     Attributes:
         name: registry key (``trainspect.attach(..., instruments=[name, ...])``).

@@ -18,9 +18,10 @@ if TYPE_CHECKING:
     from trainspect.engine.context import StepContext
 
 
-def _global(norms: torch.Tensor) -> torch.Tensor:
-    """Global 2-norm from per-layer norms: √(Σ_l ‖x_l‖²)."""
-    return norms.square().sum().sqrt()
+def _global(norms: torch.Tensor) -> float:
+    """Global 2-norm from per-layer norms: √(Σ_l ‖x_l‖²), in Python floats (one conversion instead of three
+    tensor operations and a read-back: on a tiny model each costs more than the arithmetic)."""
+    return math.sqrt(sum(v * v for v in norms.tolist()))
 
 
 class Loss(Instrument):
@@ -121,7 +122,9 @@ class UpdateToWeight(Instrument):
     def compute(self, ctx: StepContext) -> dict[str, Any]:
         update = ctx.get("update_norms")
         weight = ctx.get("param_norms")
-        return {"update_to_weight": _global(update) / _global(weight), "layer_update_to_weight": update / weight}
+        total_weight = _global(weight)
+        ratio = _global(update) / total_weight if total_weight > 0 else (math.inf if _global(update) > 0 else math.nan)
+        return {"update_to_weight": ratio, "layer_update_to_weight": update / weight}
 
 
 class DistanceFromInit(Instrument):

@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import contextlib
+import math
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -183,7 +184,7 @@ class NonFiniteOrigin(Instrument):
         if "nonfinite_grads" in seen:
             grads_bad = float(seen["nonfinite_grads"][1]) > 0
         else:
-            grads_bad = not bool(torch.isfinite(ctx.get("grad_norms")).all())
+            grads_bad = not math.isfinite(sum(ctx.floats("grad_norms")))  # norms ≥ 0: finite iff all are
         if not (loss_bad or grads_bad):
             return {}
         # a run that stays NaN would replay every step: locate the first few, then every 100th
