@@ -382,3 +382,24 @@ def test_periodic_schedules_are_followed_and_a_replaced_schedule_takes_effect(ru
         assert list(run.series("grad_norm").steps) == [s for s in range(30) if s >= 2 and (s - 2) % 4 == 0]
         expected = [s for s in range(14) if s % 3 == 0] + [s for s in range(14, 30) if (s - 1) % 5 == 0]
         assert list(run.series("param_norm").steps) == expected
+
+
+def test_composed_periodic_schedules_are_looked_up_exactly(run_dir):
+    """first(k) | every(n) (the probes' defaults) is periodic too: the cached due sets give exactly the steps the
+    schedules say, across the start (the largest k) and several periods, and the cache is in use."""
+    from trainspect.engine.schedules import every, first
+
+    model = tiny_mlp()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    loss_fn = nn.CrossEntropyLoss()
+    schedules = {"loss": first(3) | every(4), "grad_norm": first(7) | every(6, offset=1), "param_norm": 5}
+    inspector = trainspect.attach(model, optimizer, loss_fn, run_dir=run_dir, checks=None, progress=False,
+                                  instruments=schedules)
+    train(inspector, model, optimizer, loss_fn, batches(40))
+    _, period, start, phases = inspector._due_cache
+    assert (period, start) == (60, 7) and phases
+    inspector.close()
+    with open_run(run_dir) as run:
+        for name, series in (("loss", "loss"), ("grad_norm", "grad_norm"), ("param_norm", "param_norm")):
+            schedule = trainspect.engine.schedules.as_schedule(schedules[name])
+            assert list(run.series(series).steps) == [s for s in range(40) if schedule(s)], name

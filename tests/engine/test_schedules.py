@@ -30,3 +30,19 @@ def test_custom_callable_and_int():
 def test_bad_schedules_are_rejected_clearly(bad):
     with pytest.raises((TypeError, ValueError), match="schedule|interval"):
         as_schedule(bad)
+
+
+@pytest.mark.parametrize("schedule", [
+    "every(7, 3)", "first(4)", "first(4) | every(6)", "every(4, 2) | every(6, 1) | first(9)",
+])
+def test_periodicity_is_what_the_schedule_does(schedule):
+    """(period, start): from `start` on, the schedule repeats with `period` (checked over several periods)."""
+    s = eval(schedule, {"every": every, "first": first})
+    period, start = s.periodicity()
+    assert all(s(step) == s(step + period) for step in range(start, start + 5 * period + 3))
+
+
+def test_schedules_without_a_known_period_say_so():
+    assert logarithmic().periodicity() is None
+    assert (every(3) | logarithmic()).periodicity() is None
+    assert as_schedule(lambda step: step % 2 == 0).periodicity() is None

@@ -36,7 +36,7 @@ from trainspect.configurations import resolve_instruments
 from trainspect.engine import distributed as _dist
 from trainspect.engine.context import NotAvailable, StepContext
 from trainspect.engine.record import HistogramValue, Sink, StepRecord
-from trainspect.engine.schedules import Every, ScheduleLike
+from trainspect.engine.schedules import Every, Schedule, ScheduleLike
 from trainspect.engine.values import Curve, Histogram, Histogram2d, SeriesInfo, to_numpy
 from trainspect.instruments import Instrument
 from trainspect.providers import PROVIDERS, Provider
@@ -567,18 +567,21 @@ class Inspector:
     def _scheduled(self, step: int) -> list[Instrument]:
         """The instruments whose schedule says they are due at ``step``.
 
-        When every schedule is ``every(n)`` (the default configuration), the due set repeats with period
-        lcm(n) after the largest offset, so each phase is computed once and looked up afterwards (this runs on
-        every step: 15 schedule evaluations cost as much as a few kernels of a tiny model). The cache is rebuilt
-        if an instrument's schedule object is replaced. The lists are shared: nothing may modify them.
+        When every schedule is periodic (``every(n)``, ``first(k)`` and their ``|``: the default configuration
+        and its probes; :meth:`Schedule.periodicity`), the due set repeats with the lcm of the periods after the
+        largest start, so each phase is computed once and looked up afterwards (this runs on every step: 15
+        schedule evaluations cost as much as a few kernels of a tiny model). The cache is rebuilt if an
+        instrument's schedule object is replaced. The lists are shared: nothing may modify them.
         """
         instruments = self.instruments
         signature = tuple([id(i.schedule) for i in instruments])
         cache = self.__dict__.get("_due_cache")
         if cache is None or cache[0] != signature:
-            periodic = all(type(i.schedule) is Every and type(i).is_due is Instrument.is_due for i in instruments)
-            period = math.lcm(*(i.schedule.interval for i in instruments)) if periodic and instruments else 0
-            start = max((i.schedule.offset for i in instruments), default=0) if period else 0
+            parts = [i.schedule.periodicity() if isinstance(i.schedule, Schedule)
+                     and type(i).is_due is Instrument.is_due else None for i in instruments]
+            periodic = bool(parts) and all(p is not None for p in parts)
+            period = math.lcm(*(p[0] for p in parts)) if periodic else 0  # type: ignore[index]
+            start = max(p[1] for p in parts) if period else 0  # type: ignore[index]
             cache = self._due_cache = (signature, period if period <= 1 << 16 else 0, start, {})
         _, period, start, phases = cache
         if not period or step < start:

@@ -23,6 +23,12 @@ class Schedule:
     def __or__(self, other: ScheduleLike) -> Schedule:
         return AnyOf(self, as_schedule(other))
 
+    def periodicity(self) -> tuple[int, int] | None:
+        """``(period, start)`` such that the schedule says the same at ``step`` and ``step + period`` for every
+        ``step >= start``; None if it has no period (or it is not known). The engine uses it to look the due
+        instruments up instead of evaluating every schedule on every step."""
+        return None
+
 
 class Every(Schedule):
     """Due at steps ``offset, offset + interval, offset + 2 * interval, ...``."""
@@ -37,6 +43,9 @@ class Every(Schedule):
 
     def __call__(self, step: int) -> bool:
         return step >= self.offset and (step - self.offset) % self.interval == 0
+
+    def periodicity(self) -> tuple[int, int] | None:
+        return self.interval, self.offset
 
     def __repr__(self) -> str:
         return f"every({self.interval}, offset={self.offset})"
@@ -79,6 +88,9 @@ class FirstSteps(Schedule):
     def __call__(self, step: int) -> bool:
         return step < self.count
 
+    def periodicity(self) -> tuple[int, int] | None:
+        return 1, max(self.count, 0)  # never due from `count` on
+
     def __repr__(self) -> str:
         return f"first({self.count})"
 
@@ -89,6 +101,12 @@ class AnyOf(Schedule):
 
     def __call__(self, step: int) -> bool:
         return any(s(step) for s in self.schedules)
+
+    def periodicity(self) -> tuple[int, int] | None:
+        parts = [s.periodicity() if isinstance(s, Schedule) else None for s in self.schedules]
+        if not parts or any(p is None for p in parts):
+            return None
+        return math.lcm(*(p[0] for p in parts)), max(p[1] for p in parts)  # type: ignore[index]
 
     def __repr__(self) -> str:
         return " | ".join(repr(s) for s in self.schedules)
