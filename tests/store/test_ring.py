@@ -101,3 +101,20 @@ def test_store_through_a_small_ring_keeps_every_step(tmp_path, monkeypatch):
         histograms = run.histograms("h")
         assert list(histograms.steps) == [7, 57, 107, 157]
         np.testing.assert_array_equal(histograms.counts[1], big * 57)
+
+
+def test_without_shared_memory_every_frame_goes_through_the_pipe(tmp_path, monkeypatch):
+    """No room in /dev/shm (creating the ring fails): the store falls back to the pipe, nothing is lost."""
+    def no_room(cls, capacity=0):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(Ring, "create", classmethod(no_room))
+    writer = StoreWriter(tmp_path / "run")
+    assert writer._ring is None
+    writer.open({"name": "t"}, [{"name": "w", "module": "fc", "module_class": "Linear", "shape": [2], "numel": 2}])
+    for step in range(30):
+        writer.write_step(StepRecord(step, 1000.0 + step, 0.01, 0.001, True, scalars={"loss": float(step)},
+                                     new_series=[("i", SeriesInfo("loss"))] if step == 0 else []))
+    writer.close()
+    with open_run(tmp_path / "run") as run:
+        np.testing.assert_array_equal(run.scalar("loss")[1], np.arange(30.0))

@@ -54,6 +54,10 @@ class Ring:
         fd, path = tempfile.mkstemp(prefix="trainspect-ring-", dir=_shared_memory_folder())
         try:
             os.ftruncate(fd, _HEADER + capacity)
+            if hasattr(os, "posix_fallocate"):
+                # reserve the pages now: a full /dev/shm would otherwise surface as SIGBUS at a later write into
+                # the mapping (killing the training); here it is an OSError, and the store uses the pipe instead
+                os.posix_fallocate(fd, 0, _HEADER + capacity)
             memory = mmap.mmap(fd, _HEADER + capacity)
         except BaseException:
             os.close(fd)
