@@ -403,3 +403,79 @@ def test_composed_periodic_schedules_are_looked_up_exactly(run_dir):
         for name, series in (("loss", "loss"), ("grad_norm", "grad_norm"), ("param_norm", "param_norm")):
             schedule = trainspect.engine.schedules.as_schedule(schedules[name])
             assert list(run.series(series).steps) == [s for s in range(40) if schedule(s)], name
+
+
+def _findings_of_a_diverging_run(run_dir, batch: int, *, read_midway: bool = False):
+    """A run whose learning rate makes the loss diverge (loss-curve, gradient-scale and update checks fire), with
+    the deferrable checks observing `batch` steps at a time."""
+    model = tiny_mlp()
+    optimizer = torch.optim.SGD(model.parameters(), lr=3.0, momentum=0.9)
+    loss_fn = nn.CrossEntropyLoss()
+    inspector = trainspect.attach(model, optimizer, loss_fn, run_dir=run_dir, progress=False)
+    inspector.CHECK_BATCH = batch
+    data = batches(80, seed=3)
+    train(inspector, model, optimizer, loss_fn, data[:50])
+    midway = (sorted((f.code, f.location, f.first_step, f.last_step) for f in inspector.findings)
+              if read_midway else None)
+    train(inspector, model, optimizer, loss_fn, data[50:])
+    inspector.close()
+    final = sorted((f.code, f.location, f.first_step, f.last_step, f.count) for f in inspector.findings)
+    with open_run(run_dir) as run:
+        stored = sorted((f["code"], f["location"], f["first_step"], f["last_step"], f["count"]) for f in run.findings())
+    return midway, final, stored, inspector.errors
+
+
+def test_deferred_checks_find_exactly_what_checks_at_every_step_find(tmp_path):
+    """The deferrable checks, handed 16 steps at a time, give the same findings (codes, places, first and last
+    steps, counts) as when they observe every step at once; reading ``findings`` midway sees every finished step."""
+    _, every_step, stored_every_step, errors = _findings_of_a_diverging_run(tmp_path / "a", 1)
+    assert not errors and every_step == stored_every_step
+    deferred_codes = {c for c in trainspect.checks.CHECKS.values() if c.deferrable for c in c.codes}
+    assert {f[0] for f in every_step} & deferred_codes, "the scenario must exercise deferrable checks"
+    midway, batched, stored_batched, errors = _findings_of_a_diverging_run(tmp_path / "b", 16, read_midway=True)
+    assert not errors
+    assert batched == every_step and stored_batched == stored_every_step
+    # at step 50, midway: everything observed up to step 49, though 50 is not a multiple of 16
+    midway_every_step, _, _, _ = _findings_of_a_diverging_run(tmp_path / "c", 1, read_midway=True)
+    assert midway == midway_every_step
+
+
+def test_a_non_finite_loss_hands_the_waiting_steps_to_the_checks_at_once(run_dir):
+    model = tiny_mlp()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    loss_fn = nn.CrossEntropyLoss()
+    inspector = trainspect.attach(model, optimizer, loss_fn, run_dir=run_dir, progress=False)
+    data = batches(5)
+    train(inspector, model, optimizer, loss_fn, data[:3])
+    assert len(inspector._deferred) == 3
+    x, y = data[3]
+    optimizer.zero_grad()
+    with inspector.step(x * float("nan"), y):
+        loss_fn(model(x * float("nan")), y).backward()
+    optimizer.step()
+    assert inspector._deferred == []
+    inspector.close()
+
+
+def test_a_deferrable_check_reading_live_step_data_fails_loudly(run_dir):
+    """A check declared deferrable that reads what only the live step has (the model's output) is disabled with
+    an error naming it: it is never fed another step's data."""
+    from trainspect.checks import Check
+
+    class LiveReader(Check):
+        deferrable = True
+
+        def observe(self, record, ctx):
+            self.seen = ctx.model_output
+            return []
+
+    LiveReader.name = "live_reader_test"
+    model = tiny_mlp()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    loss_fn = nn.CrossEntropyLoss()
+    inspector = trainspect.attach(model, optimizer, loss_fn, run_dir=run_dir, progress=False, checks=[LiveReader()])
+    with pytest.warns(RuntimeWarning, match="live_reader_test"):
+        train(inspector, model, optimizer, loss_fn, batches(20))
+        inspector.close()
+    (error,) = inspector.errors
+    assert error["source"] == "check:live_reader_test" and "model_output" in error["message"]

@@ -24,6 +24,7 @@ class GradientAccumulationCheck(ThresholdCheck):
     on ``consecutive`` steps in a row (default 2)."""
 
     name = "gradient_accumulation"
+    deferrable = True  # reads the record and the run's structure only
     codes = ("gradient-accumulation",)
     instruments: ClassVar[dict[str, Any]] = {"grad_at_step_start": 1}
     defaults: ClassVar[dict[str, float]] = {"consecutive": 2}

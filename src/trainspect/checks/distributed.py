@@ -20,6 +20,7 @@ class RankLocalNonFinite(Check):
     """The loss is NaN/inf on some ranks but not on all: bad data or a numerical fault on those ranks."""
 
     name = "rank_local_nonfinite"
+    deferrable = True  # reads the record, the run's structure and the step's extras only
     codes = ("nonfinite-loss-on-rank",)
 
     def observe(self, record: StepRecord, ctx: StepContext) -> list[Finding]:

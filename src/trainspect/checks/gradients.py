@@ -49,6 +49,7 @@ class GradientScaleCheck(ThresholdCheck):
     """``vanishing-gradients`` and ``exploding-gradients`` (see the module docstring for the rules)."""
 
     name = "gradient_scale"
+    deferrable = True  # reads the record and the run's structure only
     codes = ("vanishing-gradients", "exploding-gradients")
     instruments: ClassVar[dict[str, Any]] = {"grad_norm": 1, "param_norm": 10}
     defaults: ClassVar[dict[str, float]] = {

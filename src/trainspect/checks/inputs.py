@@ -35,6 +35,7 @@ class InputScaleCheck(ThresholdCheck):
     """``input-feature-scales`` and ``inputs-not-normalized`` (rules in the module docstring)."""
 
     name = "input_scale"
+    deferrable = True  # reads the record, the run's structure and the step's extras only
     codes = ("input-feature-scales", "inputs-not-normalized")
     instruments: ClassVar[dict[str, Any]] = {"input_scale": None}
     defaults: ClassVar[dict[str, float]] = {"ratio": 1e2, "max_scale": 20.0, "evaluations": 3}

@@ -44,6 +44,7 @@ class LossCurveCheck(ThresholdCheck):
     """``loss-divergence``, ``loss-plateau``, ``loss-oscillation`` (rules in the module docstring)."""
 
     name = "loss_curve"
+    deferrable = True  # reads the record and the run's structure only
     codes = ("loss-divergence", "loss-plateau", "loss-oscillation")
     instruments: ClassVar[dict[str, Any]] = {"loss": 1}
     defaults: ClassVar[dict[str, float]] = {

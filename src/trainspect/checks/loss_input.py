@@ -28,6 +28,7 @@ class LossInputCheck(ThresholdCheck):
     """``double-softmax``, ``nll-without-log-softmax``, ``double-sigmoid``."""
 
     name = "loss_input"
+    deferrable = True  # reads the record, the run's structure and the step's extras only
     codes = ("double-softmax", "nll-without-log-softmax", "double-sigmoid")
     instruments: ClassVar[dict[str, Any]] = {"loss_input": None}
     defaults: ClassVar[dict[str, float]] = {"sum_tolerance": 1e-3, "evaluations": 3}

@@ -48,6 +48,7 @@ class NonFiniteCheck(ThresholdCheck):
     """NaN/inf in the loss, gradients or parameters (any occurrence is an error; there is no threshold)."""
 
     name = "nonfinite"
+    deferrable = True  # reads the record, the run's structure and the step's extras only
     codes = ("nonfinite-loss", "nonfinite-gradients", "nonfinite-parameters")
     instruments: ClassVar[dict[str, Any]] = {"nonfinite": 1, "nonfinite_origin": 1}
 

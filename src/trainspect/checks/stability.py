@@ -39,6 +39,7 @@ class StabilityCheck(ThresholdCheck):
     """``lr-past-stability-edge`` and ``batch-too-small`` (when the needed series exist)."""
 
     name = "stability"
+    deferrable = True  # reads the record and the run's structure only
     codes = ("lr-past-stability-edge", "batch-too-small")
     defaults: ClassVar[dict[str, float]] = {"evaluations": 5, "edge_fraction": 1.0, "alpha_limit": 1.0,
                                             "norm_test_limit": 1.0}

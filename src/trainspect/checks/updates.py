@@ -36,6 +36,7 @@ class UpdateCheck(ThresholdCheck):
     """Update-to-weight ratio, parameters outside the optimizer, never updated, or without gradient."""
 
     name = "updates"
+    deferrable = True  # reads the record and the run's structure only
     codes = ("update-too-large", "update-too-small", "parameter-not-in-optimizer", "parameter-not-updated",
              "no-gradient")
     instruments: ClassVar[dict[str, Any]] = {"update_to_weight": 10, "grad_norm": 1, "loss": 1}

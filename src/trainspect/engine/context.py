@@ -275,3 +275,36 @@ def _concat(parts: list[Any], detach: bool = False) -> Any:
     if isinstance(first, dict) and all(isinstance(p, dict) and p.keys() == first.keys() for p in parts):
         return {k: _concat([p[k] for p in parts], detach) for k in first}
     return list(parts)
+
+
+class CheckFacts:
+    """What a deferrable check (``Check.deferrable``) may read besides the record: the run's structure, and of
+    its step the number, the batch size, the probes' ``extras`` and the ranks with a non-finite local loss. It
+    stands in for the :class:`StepContext` when the engine hands a check the records of several past steps at
+    once; anything else a check asks of it is an ``AttributeError`` (the check is then disabled with that error,
+    never fed another step's data)."""
+
+    __slots__ = ("batch_size", "extras", "inspector", "nonfinite_loss_ranks", "step")
+
+    def __init__(self, inspector: Inspector):
+        self.inspector = inspector
+        self.step = 0
+        self.batch_size: int | None = None
+        self.extras: dict[str, Any] = {}
+        self.nonfinite_loss_ranks: list[int] | None = None
+
+    @property
+    def model(self) -> torch.nn.Module:
+        return self.inspector.model
+
+    @property
+    def optimizer(self) -> torch.optim.Optimizer | None:
+        return self.inspector.optimizer
+
+    @property
+    def params(self) -> list[torch.nn.Parameter]:
+        return self.inspector.params
+
+    @property
+    def param_names(self) -> list[str]:
+        return self.inspector.param_names
