@@ -23,7 +23,31 @@ class NotAvailable(ProviderError):
     """
 
 
-class StepContext:
+class _RunStructure:
+    """The run's model, optimizer and tracked parameters, read through ``self.inspector``."""
+
+    __slots__ = ()
+    inspector: Inspector
+
+    @property
+    def model(self) -> torch.nn.Module:
+        return self.inspector.model
+
+    @property
+    def optimizer(self) -> torch.optim.Optimizer | None:
+        return self.inspector.optimizer
+
+    @property
+    def params(self) -> list[torch.nn.Parameter]:
+        """Tracked parameters: trainable (``requires_grad``), each once, in ``named_parameters`` order."""
+        return self.inspector.params
+
+    @property
+    def param_names(self) -> list[str]:
+        return self.inspector.param_names
+
+
+class StepContext(_RunStructure):
     """Everything known about one optimizer step, and the per-step cache of shared computations.
 
     Providers are computed lazily by :meth:`get`, at most once per step, and released with the context
@@ -85,24 +109,7 @@ class StepContext:
         self._failed: dict[str, BaseException] = {}
         self._computing: set[str] = set()
 
-    # -- the model, as tracked ----------------------------------------------------------------------
-    @property
-    def model(self) -> torch.nn.Module:
-        return self.inspector.model
-
-    @property
-    def optimizer(self) -> torch.optim.Optimizer | None:
-        return self.inspector.optimizer
-
-    @property
-    def params(self) -> list[torch.nn.Parameter]:
-        """Tracked parameters: trainable (``requires_grad``), each once, in ``named_parameters`` order."""
-        return self.inspector.params
-
-    @property
-    def param_names(self) -> list[str]:
-        return self.inspector.param_names
-
+    # -- the model, as tracked: model, optimizer, params, param_names (_RunStructure) ------------------------
     @property
     def batch_size(self) -> int | None:
         """Number of samples in the step's batch (first dimension of the inputs or targets)."""
@@ -277,7 +284,7 @@ def _concat(parts: list[Any], detach: bool = False) -> Any:
     return list(parts)
 
 
-class CheckFacts:
+class CheckFacts(_RunStructure):
     """What a deferrable check (``Check.deferrable``) may read besides the record: the run's structure, and of
     its step the number, the batch size, the probes' ``extras`` and the ranks with a non-finite local loss. It
     stands in for the :class:`StepContext` when the engine hands a check the records of several past steps at
@@ -292,19 +299,3 @@ class CheckFacts:
         self.batch_size: int | None = None
         self.extras: dict[str, Any] = {}
         self.nonfinite_loss_ranks: list[int] | None = None
-
-    @property
-    def model(self) -> torch.nn.Module:
-        return self.inspector.model
-
-    @property
-    def optimizer(self) -> torch.optim.Optimizer | None:
-        return self.inspector.optimizer
-
-    @property
-    def params(self) -> list[torch.nn.Parameter]:
-        return self.inspector.params
-
-    @property
-    def param_names(self) -> list[str]:
-        return self.inspector.param_names
