@@ -21,7 +21,6 @@ import torch
 
 from trainspect.checks._common import ThresholdCheck, fmt
 from trainspect.checks.base import Finding
-from trainspect.instruments.activations import DEAD_ACTIVE_FRACTION, SATURATED_ENTRY_FRACTION
 
 if TYPE_CHECKING:
     from trainspect.engine.context import StepContext
@@ -46,6 +45,7 @@ class ActivationHealthCheck(ThresholdCheck):
     name = "activation_health"
     codes = ("dead-relu", "saturated-activations")
     instruments: ClassVar[dict[str, Any]] = {"activations": 10}
+    deferrable = True  # reads the per-unit verdicts the activations instrument leaves in the step's extras
     defaults: ClassVar[dict[str, float]] = {"dead_fraction": 0.5, "saturated_fraction": 0.5, "evaluations": 3}
 
     def __init__(self, **thresholds: float):
@@ -53,14 +53,12 @@ class ActivationHealthCheck(ThresholdCheck):
         self._masks: dict[str, tuple[torch.Tensor, int]] = {}  # module -> (units bad on every evaluation, streak)
 
     def observe(self, record: StepRecord, ctx: StepContext) -> list[Finding]:
-        if not ctx.cached("activations"):
+        units = ctx.extras.get("activation_units")
+        if not units:
             return []
         out: list[Finding] = []
-        stats = ctx.get("activations")
-        for s in stats:
-            frac = s.count.double() / max(s.entries, 1)
-            bad = frac < DEAD_ACTIVE_FRACTION if s.kind == "rectifier" else frac >= SATURATED_ENTRY_FRACTION
-            bad = bad.cpu()
+        for s in units:
+            bad = s.bad
             prev = self._masks.get(s.module)
             if prev is not None and prev[0].shape == bad.shape:
                 mask, streak = prev[0] & bad, prev[1] + 1
@@ -68,7 +66,7 @@ class ActivationHealthCheck(ThresholdCheck):
                 mask, streak = bad, 1
             self._masks[s.module] = (mask, streak)
             limit = self.t["dead_fraction"] if s.kind == "rectifier" else self.t["saturated_fraction"]
-            share = float(mask.double().mean())
+            share = float(mask.double().mean()) if mask.numel() else 0.0
             if streak < self.t["evaluations"] or share <= limit:
                 continue
             where = f"{s.module} ({s.module_class})"

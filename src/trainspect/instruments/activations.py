@@ -11,7 +11,10 @@ Both come from :class:`trainspect.providers.activations.Activations` (forward ho
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
+
+import torch
 
 from trainspect.engine.schedules import every
 from trainspect.engine.values import SeriesInfo
@@ -46,14 +49,32 @@ class ActivationHealth(Instrument):
         return super().series_info(name)
 
     def compute(self, ctx: StepContext) -> dict[str, Any]:
-        out: dict[str, Any] = {}
+        fractions: dict[str, float] = {}
+        units: list[ActivationUnits] = []
         for s in ctx.get("activations"):
             frac = s.count.double() / max(s.entries, 1)
             if s.kind == "rectifier":
-                out[f"dead_units:{s.module}"] = (frac < DEAD_ACTIVE_FRACTION).double().mean()
+                bad, key = frac < DEAD_ACTIVE_FRACTION, f"dead_units:{s.module}"
             else:
-                out[f"saturated_units:{s.module}"] = (frac >= SATURATED_ENTRY_FRACTION).double().mean()
-        # for the checks (ActivationHealthCheck reads the provider's per-unit counts); the fractions are
-        # rank-local under torch.distributed, so they are not recorded as series (series must be global)
-        ctx.extras["activation_fractions"] = {k: float(v) for k, v in out.items()}
+                bad, key = frac >= SATURATED_ENTRY_FRACTION, f"saturated_units:{s.module}"
+            bad = bad.cpu()
+            fractions[key] = float(bad.double().mean()) if bad.numel() else 0.0
+            units.append(ActivationUnits(s.module, s.module_class, s.kind, s.threshold, bad))
+        # for the checks (ActivationHealthCheck reads the per-unit verdicts); the fractions are rank-local under
+        # torch.distributed, so they are not recorded as series (series must be global)
+        ctx.extras["activation_fractions"] = fractions
+        ctx.extras["activation_units"] = units
         return {}
+
+
+@dataclass
+class ActivationUnits:
+    """One activation module's per-unit verdict on one step (computed once, for the instrument's fractions and the
+    check): ``bad`` (bool, on the CPU) is True where the unit was dead (a rectifier active on < 1 % of the
+    entries) or saturated (on ≥ ``SATURATED_ENTRY_FRACTION`` of them)."""
+
+    module: str
+    module_class: str
+    kind: str
+    threshold: float | None
+    bad: torch.Tensor
