@@ -259,7 +259,8 @@ class StoreWriter(Sink):
             raise StoreError(f"per-layer series of step {record.step} changed length: {list(layers)}")
         body = packer.pack(BINARY_STEP, index, record.step, record.wall_time, record.user_seconds,
                            record.overhead_seconds, record.optimizer_stepped, *scalars.values())
-        payload = b"".join([np.ascontiguousarray(v, "<f8").tobytes() for v in vectors]) if vectors else b""
+        payload = b"".join([v.tobytes() if v.dtype.str == "<f8" and v.flags.c_contiguous
+                            else np.ascontiguousarray(v, "<f8").tobytes() for v in vectors]) if vectors else b""
         ring = self._ring
         assert ring is not None
         if not ring.put(body, payload):
