@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 import trainspect
+from tests.conftest import train
 from trainspect.checks import Check
 from trainspect.instruments.activations import DEAD_ACTIVE_FRACTION, SATURATED_ENTRY_FRACTION
 
@@ -42,12 +43,8 @@ def test_dead_and_saturated_units_match_the_outputs(tmp_path):
         model.get_submodule(name).register_forward_hook(
             lambda m, a, o, name=name: outputs[name].append((o if name == "1" else a[0]).detach().clone()))
     gen = torch.Generator().manual_seed(1)
-    for _ in range(4):
-        x, y = torch.randn(64, 6, generator=gen), torch.randint(0, 3, (64,), generator=gen)
-        optimizer.zero_grad()
-        with inspector.step(x, y):
-            loss_fn(model(x), y).backward()
-        optimizer.step()
+    data = [(torch.randn(64, 6, generator=gen), torch.randint(0, 3, (64,), generator=gen)) for _ in range(4)]
+    train(inspector, model, optimizer, loss_fn, data)
     inspector.close()
     assert not inspector.errors and [s for s, _, _ in keep.seen] == [0, 1, 2, 3]
     for step, fractions, units in keep.seen:
