@@ -132,3 +132,46 @@ def test_distance_and_parameter_norms_from_one_pass_equal_their_definitions(inst
     if "param_norm" in instruments:
         got = run.series("layer_param_norm").values
         np.testing.assert_allclose(got, norms, rtol=1e-5)
+
+
+class _MixedPrecision(nn.Module):
+    """A float32 layer, a float64 layer and a parameter that gets no gradient on odd steps: every norm of a small
+    model comes from one foreach call, whatever the dtypes (read back one by one when they differ)."""
+
+    def __init__(self):
+        super().__init__()
+        self.first = nn.Linear(6, 5)
+        self.second = nn.Linear(5, 3).double()
+        self.sometimes = nn.Parameter(torch.ones(3, dtype=torch.float64))
+        self.use_sometimes = True
+
+    def forward(self, x):
+        out = self.second(torch.tanh(self.first(x)).double())
+        return out * self.sometimes if self.use_sometimes else out
+
+
+def test_small_model_gradient_norms_equal_float64_norms(tmp_path):
+    torch.manual_seed(0)
+    net = _MixedPrecision()
+    opt = torch.optim.SGD(net.parameters(), lr=0.1)
+    loss_fn = nn.CrossEntropyLoss()
+    inspector = trainspect.attach(net, opt, loss_fn, run_dir=tmp_path / "r", instruments=["grad_norm"], checks=None,
+                                  progress=False)
+    assert inspector.provider("grad_norms")._small_only
+    gen = torch.Generator().manual_seed(1)
+    expected, totals = [], []
+    for step in range(4):
+        net.use_sometimes = step % 2 == 0
+        x, y = torch.randn(8, 6, generator=gen), torch.randint(0, 3, (8,), generator=gen)
+        opt.zero_grad()
+        with inspector.step(x, y):
+            loss_fn(net(x), y).backward()
+        norms = [0.0 if p.grad is None else float(p.grad.double().norm()) for p in net.parameters()]
+        expected.append(norms)
+        totals.append(float(np.sqrt(np.sum(np.square(norms)))))
+        opt.step()
+    inspector.close()
+    assert not inspector.errors
+    run = open_run(tmp_path / "r")
+    np.testing.assert_allclose(run.series("layer_grad_norm").values, np.array(expected), rtol=1e-6)
+    np.testing.assert_allclose(run.series("grad_norm").values, np.array(totals), rtol=1e-6)

@@ -73,39 +73,42 @@ class StepContext(_RunStructure):
         amp: with a GradScaler, ``{"loss_scale": float, "skipped": bool}`` (the scaler skipped the step).
     """
 
+    # immutable defaults live on the class (an assignment shadows them per step): a context is created on every
+    # step, and each attribute set in __init__ costs time there
+    loss: torch.Tensor | None = None
+    model_output: Any = None
+    loss_target: Any = None
+    phase = "forward"
+    optimizer_stepped = False
+    t_optimizer: float | None = None
+    user_seconds = 0.0
+    overhead_seconds = 0.0
+    num_micro_batches = 0
+    local_loss: torch.Tensor | None = None
+    global_batch_size: int | None = None
+    amp: dict[str, Any] | None = None
+    _loss_value: tuple[Any, float] = (None, math.nan)
+    # set by the engine when the step begins
+    due_instruments: list = []  # noqa: RUF012 - replaced, never mutated
+    scheduled_instruments: list = []  # noqa: RUF012 - due by schedule, disabled ones included (same on every rank)
+    needed_providers: frozenset[str] | set[str] = frozenset()
+    #: the engine's plan for this step (``Inspector._plan``)
+    plan: tuple[Any, ...] = (frozenset(), (), (), (), (), (), (), ())
+
     def __init__(self, inspector: Inspector, step: int, inputs: Any = None, targets: Any = None):
         self.inspector = inspector
         self.step = step
         self.inputs = inputs
         self.targets = targets
-        self.loss: torch.Tensor | None = None
         self.loss_reduction: str = inspector.loss_reduction
-        self.model_output: Any = None
-        self.loss_target: Any = None
-        self.phase = "forward"
-        self.due_instruments: list = []
-        self.scheduled_instruments: list = []  # due by schedule, disabled ones included (same on every rank)
-        self.needed_providers: set[str] = set()
-        #: the engine's plan for this step: (needed providers, those with arm, with disarm, with before_update,
-        #: due after-update instruments with before_update)
-        self.plan: tuple[set[str], list[str], list[str], list[str], list[Any]] = (set(), [], [], [], [])
         self.values: dict[str, Any] = {}
         self.extras: dict[str, Any] = {}
-        self.optimizer_stepped = False
         self.t_enter = time.perf_counter()
-        self.t_optimizer: float | None = None
-        self.user_seconds = 0.0
-        self.overhead_seconds = 0.0
-        self.num_micro_batches = 0
-        self.local_loss: torch.Tensor | None = None
-        self.global_batch_size: int | None = None
         self.nonfinite_loss_ranks: list[int] = []
-        self.amp: dict[str, Any] | None = None
         self._micro: list[tuple[Any, Any]] = [] if inputs is None and targets is None else [(inputs, targets)]
         self._micro_losses: list[tuple[torch.Tensor, int]] = []
         self._micro_outputs: list[tuple[Any, Any]] = []
         self._cache: dict[str, Any] = {}
-        self._loss_value: tuple[Any, float] = (None, math.nan)
         self._failed: dict[str, BaseException] = {}
         self._computing: set[str] = set()
 

@@ -39,6 +39,7 @@ from trainspect.engine.record import HistogramValue, Sink, StepRecord
 from trainspect.engine.schedules import Every, Schedule, ScheduleLike
 from trainspect.engine.values import Curve, Histogram, Histogram2d, SeriesInfo, to_numpy
 from trainspect.instruments import Instrument
+from trainspect.instruments.base import SCHEDULE_EPOCH
 from trainspect.providers import PROVIDERS, Provider
 
 _REDUCTIONS = ("mean", "sum")
@@ -205,6 +206,9 @@ class Inspector:
         self._providers: dict[str, Provider] = {}
         # (needed providers, those with arm / disarm / before_update hooks), per set of due instruments
         self._plans: dict[tuple[int, ...], tuple[set[str], list[str], list[str], list[str]]] = {}
+        #: the due lists of `_scheduled`'s phase cache (kept alive there, so their ids are stable) and their plans
+        self._cached_due: dict[int, list[Instrument]] = {}
+        self._plan_of_list: dict[int, tuple[list[Instrument], tuple[Any, ...]]] = {}
         self._disabled: set[str] = set()
         self._series_seen: set[str] = set()
         self._findings = FindingsBook()
@@ -435,19 +439,12 @@ class Inspector:
             scheduled = [i for i in self.instruments if self._is_due(i, step)]
         ctx.scheduled_instruments = scheduled
         disabled = self._disabled
-        ctx.due_instruments = [i for i in scheduled if i.name not in disabled] if disabled else scheduled
+        due = ctx.due_instruments = [i for i in scheduled if i.name not in disabled] if disabled else scheduled
         # the providers a set of due instruments needs, and which of them capture during the step: the same few
-        # sets recur every step, so they are planned once
-        key = tuple(map(id, ctx.due_instruments))
-        plan = self._plans.get(key)
-        if plan is None:
-            needed = self._required_providers(ctx.due_instruments)
-            plan = self._plans[key] = (needed, *(
-                [n for n in needed if getattr(type(self.provider(n)), hook) is not getattr(Provider, hook)]
-                for hook in ("arm", "disarm", "before_update")
-            ), [i for i in ctx.due_instruments
-                if i.after_update and type(i).before_update is not Instrument.before_update],
-                [n for n in needed if type(self.provider(n)).end_step is not Provider.end_step])
+        # sets recur every step, so they are planned once (and looked up by the cached due list itself, which
+        # the phase cache of `_scheduled` keeps alive, when nothing is disabled)
+        entry = self._plan_of_list.get(id(due))
+        plan = entry[1] if entry is not None and entry[0] is due else self._plan(due)
         ctx.needed_providers, ctx.plan = plan[0], plan
         for name in plan[1]:
             self._safe(self.provider(name).arm, ctx, source="provider:" + name)
@@ -487,7 +484,7 @@ class Inspector:
     def _gradient_phase(self, ctx: StepContext) -> None:
         self._disarm(ctx)
         ctx.phase = "gradients"
-        due = [i for i in ctx.due_instruments if not i.after_update]
+        due = ctx.plan[6]
         if self.world_size > 1:
             scheduled = [i for i in ctx.scheduled_instruments if not i.after_update]
             self._run_distributed(ctx, due, scheduled, reduce_loss=True)
@@ -505,7 +502,7 @@ class Inspector:
             ctx.user_seconds += t0 - ctx.t_enter
         if ctx.phase == "forward":
             self._gradient_phase(ctx)
-        if any(i.after_update for i in ctx.due_instruments):
+        if ctx.plan[7]:
             for name in ctx.plan[3]:
                 self._safe(self.provider(name).before_update, ctx, source="provider:" + name)
             for inst in ctx.plan[4]:
@@ -538,7 +535,7 @@ class Inspector:
             self._gradient_phase(ctx)
         ctx.phase = "update"
         try:
-            due = [i for i in ctx.due_instruments if i.after_update]
+            due = ctx.plan[7]
             if self.world_size > 1:
                 scheduled = [i for i in ctx.scheduled_instruments if i.after_update]
                 self._run_distributed(ctx, due, scheduled, reduce_loss=False)
@@ -546,11 +543,8 @@ class Inspector:
                 self._run_instruments(ctx, due)
             record = self._record(ctx)
             disabled = self._disabled
-            deferred = False
-            for check in self.checks:
-                if check.deferrable:
-                    deferred = True
-                    continue
+            immediate, deferred = self._check_kinds()
+            for check in immediate:
                 if disabled and check.name in disabled:
                     continue
                 try:
@@ -576,6 +570,15 @@ class Inspector:
             self._end_providers(ctx)
             ctx.release()
             self._step += 1
+
+    def _check_kinds(self) -> tuple[list[Check], bool]:
+        """The checks that observe each step as it ends, and whether any observes in batches (``deferrable``)."""
+        checks = self.checks
+        kinds = self.__dict__.get("_kinds")
+        if kinds is None or kinds[0] != (id(checks), len(checks)):
+            kinds = self._kinds = ((id(checks), len(checks)), [c for c in checks if not c.deferrable],
+                                   any(c.deferrable for c in checks))
+        return kinds[1], kinds[2]
 
     #: the deferrable checks observe the records of this many steps at once (and at once on a step with a
     #: non-finite loss or gradient, at close, and whenever ``findings`` is read): measured on the digits MLP with
@@ -623,9 +626,11 @@ class Inspector:
         instrument's schedule object is replaced. The lists are shared: nothing may modify them.
         """
         instruments = self.instruments
-        signature = tuple([id(i.schedule) for i in instruments])
+        signature = (SCHEDULE_EPOCH[0], len(instruments))
         cache = self.__dict__.get("_due_cache")
         if cache is None or cache[0] != signature:
+            self._cached_due.clear()
+            self._plan_of_list.clear()
             parts = [i.schedule.periodicity() if isinstance(i.schedule, Schedule)
                      and type(i).is_due is Instrument.is_due else None for i in instruments]
             periodic = bool(parts) and all(p is not None for p in parts)
@@ -638,7 +643,26 @@ class Inspector:
         due = phases.get(step % period)
         if due is None:
             due = phases[step % period] = [i for i in instruments if _due(i, step)]
+            self._cached_due[id(due)] = due
         return due
+
+    def _plan(self, due: list[Instrument]) -> tuple[Any, ...]:
+        """The engine's plan for a set of due instruments: (needed providers, those with ``arm``, with ``disarm``,
+        with ``before_update``, the due after-update instruments with ``before_update``, providers with
+        ``end_step``, the due instruments of the gradient phase, those of the update phase)."""
+        key = tuple(map(id, due))
+        plan = self._plans.get(key)
+        if plan is None:
+            needed = self._required_providers(due)
+            plan = self._plans[key] = (needed, *(
+                [n for n in needed if getattr(type(self.provider(n)), hook) is not getattr(Provider, hook)]
+                for hook in ("arm", "disarm", "before_update")
+            ), [i for i in due if i.after_update and type(i).before_update is not Instrument.before_update],
+                [n for n in needed if type(self.provider(n)).end_step is not Provider.end_step],
+                [i for i in due if not i.after_update], [i for i in due if i.after_update])
+        if due is self._cached_due.get(id(due)):
+            self._plan_of_list[id(due)] = (due, plan)
+        return plan
 
     def _is_due(self, instrument: Instrument, step: int) -> bool:
         try:
@@ -679,8 +703,7 @@ class Inspector:
             return False
         disabled = self._disabled
         due = [i for i in scheduled if i.name not in disabled] if disabled else scheduled
-        plan = self._plans.get(tuple(map(id, due)))
-        return name in (plan[0] if plan is not None else self._required_providers(due))
+        return name in self._plan(due)[0]
 
     def _run_instruments(
         self, ctx: StepContext, instruments: list[Instrument], scope: _dist.CollectiveScope | None = None
@@ -803,13 +826,17 @@ class Inspector:
             overhead_seconds=0.0,
             optimizer_stepped=ctx.optimizer_stepped,
         )
+        seen, scalars = self._series_seen, record.scalars
         for key, (inst, value) in ctx.values.items():
             try:
-                if key not in self._series_seen:
+                if key not in seen:
                     info = inst.series_info(key)
                     record.new_series.append((inst.name, info))
-                    self._series_seen.add(key)
-                self._put(record, key, value, inst)
+                    seen.add(key)
+                if type(value) is float:  # most values of most steps (loss, norms, times): no dispatch
+                    scalars[key] = value
+                else:
+                    self._put(record, key, value, inst)
             except Exception as error:
                 self._fail(f"instrument:{inst.name}", inst.name, ctx.step, error)
         return record

@@ -12,6 +12,9 @@ if TYPE_CHECKING:
 
 INSTRUMENTS: dict[str, type[Instrument]] = {}
 
+#: bumped whenever an instrument's schedule is set: the engine caches the due sets of periodic schedules
+SCHEDULE_EPOCH = [0]
+
 
 class Instrument:
     """One measured quantity (or a small family of them), computed on a schedule.
@@ -50,9 +53,18 @@ class Instrument:
             INSTRUMENTS[cls.name] = cls
 
     def __init__(self, schedule: ScheduleLike = None):
-        self.schedule: Schedule = (
+        self.schedule = (
             self.default_schedule if schedule is None else as_schedule(schedule, what=f"{self.name} schedule")
         )
+
+    @property
+    def schedule(self) -> Schedule:
+        return self._schedule
+
+    @schedule.setter
+    def schedule(self, value: Schedule) -> None:
+        self._schedule = value
+        SCHEDULE_EPOCH[0] += 1  # the engine's cache of which instruments are due when is rebuilt
 
     def series_info(self, name: str) -> SeriesInfo:
         """Metadata of output series ``name`` (declared in ``series``; override for dynamic names)."""

@@ -180,6 +180,7 @@ class GradientNorms(Provider):
         self._hot: dict[int, tuple[torch.Tensor, int, torch.Tensor]] = {}  # index -> (grad, version, ‖g‖²)
         self._handles: list[object] = []
         big = [i for i, p in enumerate(inspector.params) if p.numel() >= self.hot_min_numel]
+        self._small_only = not big and not any(p.numel() >= _LARGE for p in inspector.params)
         if big and inspector.wrapper is None and world_size() == 1:
             for i in big:
                 self._handles.append(inspector.params[i].register_post_accumulate_grad_hook(self._hook(i)))
@@ -206,6 +207,15 @@ class GradientNorms(Provider):
 
     def compute(self, ctx: StepContext) -> np.ndarray:
         grads = ctx.get("grads")
+        if self._small_only:  # a small model: every norm from one foreach call, read back in one stack
+            if not grads:
+                return np.zeros(0)
+            norms = torch._foreach_norm(grads)
+            dtype = norms[0].dtype
+            floats = (torch.stack(norms).tolist() if all(v.dtype == dtype for v in norms)
+                      else [v.item() for v in norms])
+            ctx.offer_floats(self.name, floats)
+            return np.array(floats)
         hot, self._hot = self._hot, {}
         params = ctx.params
         # squared norms from the hooks and from one dot per large tensor, norms of the rest from one foreach call;
