@@ -20,12 +20,11 @@ import time
 from pathlib import Path
 
 import torch
-from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import trainspect
-from overhead import PROBLEMS
+from overhead import PROBLEMS, training_setup
 from trainspect.providers.activations import Activations
 from trainspect.providers.step_start import GradientsAtStepStart
 
@@ -46,13 +45,7 @@ def _timed(obj, attr: str, bucket: list[float]) -> None:  # type: ignore[no-unty
 
 
 def measure(key: str, steps: int) -> dict[str, float]:
-    problem = PROBLEMS[key]()
-    torch.manual_seed(0)
-    model = problem.build()
-    loss_fn = nn.CrossEntropyLoss()
-    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
-    gen = torch.Generator().manual_seed(0)
-    batches = [problem.batch(gen) for _ in range(16)]
+    model, loss_fn, opt, batches = training_setup(PROBLEMS[key]())
     spent: list[float] = []
     plain: list[float] = []
     with tempfile.TemporaryDirectory() as tmp:

@@ -134,6 +134,16 @@ PROBLEMS: dict[str, Callable[[], Problem]] = {
 }
 
 
+def training_setup(problem: Problem) -> tuple[nn.Module, nn.Module, torch.optim.Optimizer, list[Any]]:
+    """The benchmarks' training set-up for one problem: the model (seed 0), cross-entropy, SGD with momentum and
+    16 batches (seed 0)."""
+    torch.manual_seed(0)
+    model = problem.build()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    gen = torch.Generator().manual_seed(0)
+    return model, nn.CrossEntropyLoss(), optimizer, [problem.batch(gen) for _ in range(16)]
+
+
 def measure(problem: Problem, instruments: Any, *, steps: int, block: int = 10, warmup: int = 20,
             schedule: Any = None, checks: Any = "default", attach_kwargs: dict[str, Any] | None = None,
             ) -> dict[str, float]:

@@ -21,11 +21,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch import nn
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from overhead import PROBLEMS
+from overhead import PROBLEMS, training_setup
 
 _TABLE = {f"k{i}": float(i) for i in range(40)}
 
@@ -58,13 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=600)
     args = parser.parse_args(argv)
     torch.set_num_threads(2)
-    problem = PROBLEMS["digits"]()
-    torch.manual_seed(0)
-    model = problem.build()
-    loss_fn = nn.CrossEntropyLoss()
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
-    gen = torch.Generator().manual_seed(0)
-    batches = [problem.batch(gen) for _ in range(16)]
+    model, loss_fn, optimizer, batches = training_setup(PROBLEMS["digits"]())
     between: dict[str, Callable[[], object]] = {
         "nothing": lambda: None, "tight loop": tight_loop, "varied code": varied_code, "tensor ops": tensor_ops,
     }
