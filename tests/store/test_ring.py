@@ -38,6 +38,38 @@ def test_frames_arrive_in_order_across_wrap_arounds(ring_pair):
     assert received == sent and writer.drained() and reader.pending() == 0
 
 
+def test_packed_frames_equal_put_frames_across_wrap_arounds(ring_pair):
+    """``put_packed`` writes the bytes ``put`` would (header struct + vectors); where it cannot (CRC, a frame that
+    would wrap around the end) it says so with None and writes nothing, and a full ring refuses with False."""
+    import struct
+
+    writer, reader = ring_pair
+    rng = np.random.default_rng(1)
+    packer = struct.Struct("<BId")
+    sent, received, shortcut = [], [], 0
+    for i in range(300):
+        values = (66, i, float(rng.normal()))
+        vectors = [rng.normal(size=int(rng.integers(0, 4))) for _ in range(int(rng.integers(0, 3)))]
+        frame = (packer.pack(*values), b"".join(v.tobytes() for v in vectors))
+        before = writer._position
+        written = writer.put_packed(packer, values, vectors)
+        if written is False:
+            assert not writer.has_room(*frame) and writer._position == before
+            received += reader.take()
+            written = writer.put_packed(packer, values, vectors)
+        if written is None:
+            assert writer._position == before
+            if not writer.put(*frame):
+                received += reader.take()
+                assert writer.put(*frame)
+        else:
+            shortcut += 1
+        sent.append(frame)
+    received += reader.take()
+    assert received == sent
+    assert (shortcut == 0) if writer.checked else (shortcut > 200)  # most frames do not wrap
+
+
 def test_a_full_ring_refuses_without_writing(ring_pair):
     writer, reader = ring_pair
     frame = (b"x" * 100, b"")

@@ -208,12 +208,8 @@ class GradientNorms(Provider):
     def compute(self, ctx: StepContext) -> np.ndarray:
         grads = ctx.get("grads")
         if self._small_only:  # a small model: every norm from one foreach call, read back in one stack
-            if not grads:
-                return np.zeros(0)
-            norms = torch._foreach_norm(grads)
-            dtype = norms[0].dtype
-            floats = (torch.stack(norms).tolist() if all(v.dtype == dtype for v in norms)
-                      else [v.item() for v in norms])
+            # (stack promotes mixed dtypes: a float32 norm is exact in float64)
+            floats = torch.stack(torch._foreach_norm(grads)).tolist() if grads else []
             ctx.offer_floats(self.name, floats)
             return np.array(floats)
         hot, self._hot = self._hot, {}

@@ -120,6 +120,33 @@ class Ring:
         _POSITION.pack_into(memory, 0, self._position)
         return True
 
+    def put_packed(self, packer: struct.Struct, values: tuple, vectors: list) -> bool | None:
+        """``put(packer.pack(*values), b"".join(bytes of vectors))`` written straight into the ring, with no
+        intermediate bytes (each costs microseconds inside a training step). ``vectors``: C-contiguous buffers
+        (float64 NumPy vectors). False if the ring has no room now; None where this shortcut does not apply (the
+        frame carries a CRC or would wrap around the end): the caller then uses :meth:`put`."""
+        if self.checked:
+            return None
+        payload_length = sum(v.nbytes for v in vectors)
+        size = _FRAME.size + packer.size + payload_length
+        start = self._position
+        memory = self._memory
+        if start + size - _POSITION.unpack_from(memory, 8)[0] > self.capacity:
+            return False
+        offset = start % self.capacity
+        if offset + size > self.capacity:
+            return None
+        at = _HEADER + offset
+        _FRAME.pack_into(memory, at, packer.size, payload_length, 0)
+        packer.pack_into(memory, at + _FRAME.size, *values)
+        at += _FRAME.size + packer.size
+        for v in vectors:
+            memory[at:at + v.nbytes] = v
+            at += v.nbytes
+        self._position = start + size
+        _POSITION.pack_into(memory, 0, self._position)  # published after the frame, as in put
+        return True
+
     def drained(self) -> bool:
         """Whether the reader has consumed every frame written so far."""
         return _POSITION.unpack_from(self._memory, 8)[0] == self._position

@@ -257,16 +257,22 @@ class StoreWriter(Sink):
         vectors = list(layers.values())
         if [v.shape[0] for v in vectors] != lengths:  # never for the engine's records (one entry per parameter)
             raise StoreError(f"per-layer series of step {record.step} changed length: {list(layers)}")
-        body = packer.pack(BINARY_STEP, index, record.step, record.wall_time, record.user_seconds,
-                           record.overhead_seconds, record.optimizer_stepped, *scalars.values())
-        payload = b"".join([v.tobytes() if v.dtype.str == "<f8" and v.flags.c_contiguous
-                            else np.ascontiguousarray(v, "<f8").tobytes() for v in vectors]) if vectors else b""
+        values = (BINARY_STEP, index, record.step, record.wall_time, record.user_seconds, record.overhead_seconds,
+                  record.optimizer_stepped, *scalars.values())
+        vectors = [v if v.dtype.str == "<f8" and v.flags.c_contiguous else np.ascontiguousarray(v, "<f8")
+                   for v in vectors]
         ring = self._ring
         assert ring is not None
-        if not ring.put(body, payload):
-            self._wait_for_ring(body, payload)
-            if not (ring.fits(body, payload) and ring.put(body, payload)):
-                self._write_pipe(body, payload)
+        written = ring.put_packed(packer, values, vectors)
+        if written:
+            return
+        body = packer.pack(*values)
+        payload = b"".join([v.tobytes() for v in vectors])
+        if written is None and ring.put(body, payload):
+            return
+        self._wait_for_ring(body, payload)
+        if not (ring.fits(body, payload) and ring.put(body, payload)):
+            self._write_pipe(body, payload)
 
     def write_user_values(self, record: StepRecord) -> None:
         self._send({"op": "user", "step": record.step, "new_series": self._new_series(record),
