@@ -32,7 +32,7 @@ import zlib
 _HEADER = 64
 _POSITION = struct.Struct("<Q")
 _FRAME = struct.Struct("<III")
-#: default data capacity: ≈ 10 000 steps of default instruments, drained every 50 ms
+#: default data capacity: ≈ 10 000 steps of default instruments, drained every 250 ms
 CAPACITY = 4 << 20
 #: whether this machine keeps stores in program order (total store order), so frames need no CRC
 STORES_IN_ORDER = platform.machine().lower() in ("x86_64", "amd64", "i386", "i686", "x86")
