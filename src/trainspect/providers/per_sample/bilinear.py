@@ -73,7 +73,8 @@ class BilinearLayer(LayerStatistics):
     def bias_grads(self) -> torch.Tensor:
         """Per-sample bias gradients Σ_t δ_{i,t}, [N, Dout] (small, so kept)."""
         if self._bias_grads is None:
-            self._bias_grads = self.G.sum(1)
+            # one position: δ_i itself (a view, no summing copy)
+            self._bias_grads = self.G[:, 0] if self.T == 1 else self.G.sum(1)
         return self._bias_grads
 
     def _chunk_size(self) -> int:
@@ -151,11 +152,17 @@ class BilinearLayer(LayerStatistics):
         return out
 
     def project(self, directions: list[list[torch.Tensor]]) -> torch.Tensor:
+        # one direction (alpha, every step) is the usual case: no stacking of single columns (each small tensor
+        # operation costs microseconds inside a training step)
+        single = len(directions) == 1
         cols = []
         for local, role in enumerate(self.roles):
             if role == "bias":
-                v = torch.stack([d[local].reshape(-1) for d in directions], 1).to(self.G.dtype)  # [Dout, K]
-                cols.append(self.bias_grads @ v)
+                if single:
+                    cols.append(self.bias_grads @ directions[0][local].reshape(-1).to(self.G.dtype))
+                else:
+                    v = torch.stack([d[local].reshape(-1) for d in directions], 1).to(self.G.dtype)  # [Dout, K]
+                    cols.append(self.bias_grads @ v)
             else:
                 # p_i = Σ_t δ_{i,t}ᵀ V a_{i,t}: one [N·T, Din]×[Din, Dout] product per direction (no copy of V)
                 a = self.A.reshape(-1, self.din)
@@ -167,8 +174,9 @@ class BilinearLayer(LayerStatistics):
                         per_dir.append(torch.linalg.vecdot(av, g))
                     else:
                         per_dir.append((av * g).sum(1).reshape(self.batch_size, self.T).sum(1))
-                cols.append(torch.stack(per_dir, 1))
-        return torch.stack(cols, 1)
+                cols.append(per_dir[0] if single else torch.stack(per_dir, 1))
+        # [N, k, K]: columns of one direction are [N] (stacked, then a trailing axis), of several [N, K]
+        return torch.stack(cols, 1).unsqueeze(2) if single else torch.stack(cols, 1)
 
     def elements(self, local: int, samples: torch.Tensor, coords: torch.Tensor) -> torch.Tensor:
         if self.roles[local] == "bias":

@@ -276,10 +276,17 @@ def project_per_sample(ctx: StepContext, directions: list[list[torch.Tensor]]) -
     can be used.
     """
     layers: PerSampleLayers = ctx.get("per_sample_layers")
-    out = torch.zeros(layers.batch_size, len(ctx.params), len(directions), dtype=torch.float64)
+    parts, order = [], []
     for h in layers.handlers:
-        dirs = [[d[i] for i in h.param_indices] for d in directions]
-        out[:, _columns(h.param_indices)] = h.project(dirs).to(torch.float64).cpu()
+        parts.append(h.project([[d[i] for i in h.param_indices] for d in directions]))
+        order.extend(h.param_indices)
+    if order == list(range(len(ctx.params))) and len({(t.dtype, t.device) for t in parts}) == 1:
+        # the usual case (handlers in parameter order, one dtype and device): one concatenation and one conversion
+        # instead of a conversion and a scattered copy per handler (this runs every step alpha is due)
+        return torch.cat(parts, 1).to(device="cpu", dtype=torch.float64)
+    out = torch.zeros(layers.batch_size, len(ctx.params), len(directions), dtype=torch.float64)
+    for h, part in zip(layers.handlers, parts):
+        out[:, _columns(h.param_indices)] = part.to(torch.float64).cpu()
     return out
 
 
@@ -316,20 +323,15 @@ class PerSampleGradients(Provider):
         need_sums = distributed or bool({"sum_grads", "sum_grads_squared"} & want)
         sums: list[torch.Tensor | None] = [None] * n_params
         sum_sq: list[torch.Tensor | None] = [None] * n_params
-        grams: list[tuple[slice | list[int], torch.Tensor]] = []  # (columns, K [R, N, N]) per Gram handler
-        in_grams: set[int] = set()
+        gram_blocks: list[torch.Tensor] = []  # K [R, N, N] per Gram handler
+        gram_order: list[int] = []  # the parameters of the Gram matrices, in order
         sq_norms = torch.zeros(n_local, n_params, dtype=torch.float64)
         direct: list[LayerStatistics] = []  # handlers whose projections on ḡ need sums + project
         for h in layers.handlers:
             k = None if distributed else h.gram(with_sums=need_sums)
             if k is not None:
-                # one operation per handler (not per parameter) for each quantity taken from K: a step runs
-                # this for every layer, and each small tensor operation costs microseconds
-                k = k.to(torch.float64).cpu()
-                cols = _columns(h.param_indices)
-                grams.append((cols, k))
-                in_grams.update(h.param_indices)
-                sq_norms[:, cols] = k.diagonal(dim1=1, dim2=2).T
+                gram_blocks.append(k)
+                gram_order.extend(h.param_indices)
             else:
                 direct.append(h)
                 sq_norms[:, _columns(h.param_indices)] = h.sq_norms().to(torch.float64).cpu()
@@ -339,6 +341,17 @@ class PerSampleGradients(Provider):
             if "sum_grads_squared" in want:
                 for idx, t in zip(h.param_indices, h.sum_grads_squared()):
                     sum_sq[idx] = t
+        # every Gram matrix in one [R, N, N] float64 block, so that each quantity taken from them is one operation
+        # for all layers (a step runs this for every layer, and each small tensor operation costs microseconds)
+        grams: torch.Tensor | None = None
+        gram_columns: slice | list[int] = []
+        if gram_blocks:
+            if len({b.device for b in gram_blocks}) > 1:  # a model spread over devices
+                gram_blocks = [b.to("cpu", torch.float64) for b in gram_blocks]
+            grams = (gram_blocks[0] if len(gram_blocks) == 1 else torch.cat(gram_blocks)).to("cpu", torch.float64)
+            gram_columns = _columns(gram_order)
+            sq_norms[:, gram_columns] = grams.diagonal(dim1=1, dim2=2).T
+        in_grams = set(gram_order)
         have = [i for i in range(n_params) if sums[i] is not None]
         extra = [t for t in sum_sq if t is not None]
         reduced = all_reduce_sum(
@@ -349,8 +362,8 @@ class PerSampleGradients(Provider):
         sum_sq_r = list(reduced[len(have):len(have) + len(extra)]) or None
         sum_sq_norms, n_total = reduced[-2], int(round(float(reduced[-1][0])))
         sum_norms_sq = torch.zeros(n_params, dtype=torch.float64)  # ‖Σ_i g_{i,p}‖²
-        for cols, k in grams:
-            sum_norms_sq[cols] = k.sum((1, 2))
+        if grams is not None:
+            sum_norms_sq[gram_columns] = grams.sum((1, 2))
         dense = [i for i in range(n_params) if i not in in_grams]
         if dense:
             norms = torch._foreach_norm([sums[i] for i in dense])
@@ -364,8 +377,8 @@ class PerSampleGradients(Provider):
         )
         if "proj_mean" in want:
             proj = torch.zeros(n_local, n_params, dtype=torch.float64)
-            for cols, k in grams:
-                proj[:, cols] = k.sum(2).T / n_total
+            if grams is not None:
+                proj[:, gram_columns] = grams.sum(2).T / n_total
             for h in direct:
                 mean = [sums[i] / n_total for i in h.param_indices]
                 proj[:, _columns(h.param_indices)] = h.project([mean])[:, :, 0].to(torch.float64).cpu()
