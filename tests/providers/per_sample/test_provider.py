@@ -157,10 +157,28 @@ def test_batchnorm_in_training_mode_warns_and_names_the_module(tmp_path):
         torch.testing.assert_close(s / 8, p.grad, rtol=RTOL, atol=1e-12)
 
 
-def test_wide_layers_use_the_gram_path():
-    """The `wide` test problem really exercises the Gram path (so the brute-force tests above cover it)."""
+@pytest.mark.parametrize("kind", ["mlp", "wide", "attention", "custom"])
+def test_statistics_match_brute_force_on_flops_alone(kind, tmp_path, monkeypatch):
+    """Without the per-operation charge the test problems' small Linear layers take the sums-and-projections
+    path (``test_wide_layers_use_the_gram_path``): it is checked here, the Gram path by the tests above."""
     from trainspect.providers.per_sample.bilinear import BilinearLayer
 
+    monkeypatch.setattr(BilinearLayer, "gram_overhead_macs", 0)
+    check_against_brute_force(kind, "mean", tmp_path)
+    check_against_brute_force(kind, "sum", tmp_path / "sum")
+
+
+def test_wide_layers_use_the_gram_path(monkeypatch):
+    """On flops alone, the `wide` test problem really exercises the Gram path and small layers do not; with the
+    per-operation charge (the default) small layers take the Gram path too."""
+    from trainspect.providers.per_sample.bilinear import BilinearLayer
+
+    small = BilinearLayer(torch.randn(6, 1, 3), torch.randn(6, 1, 4), 0, None, torch.Size([4, 3]), None)
+    assert small.gram() is not None and small.gram(with_sums=True) is not None
+    # a layer whose Gram matrices cost more than its sums and projections plus the charge
+    big = BilinearLayer(torch.randn(128, 1, 1024), torch.randn(128, 1, 10), 0, None, torch.Size([10, 1024]), None)
+    assert big.gram() is None
+    monkeypatch.setattr(BilinearLayer, "gram_overhead_macs", 0)
     n, t = 6, 3
     layer = BilinearLayer(torch.randn(n, t, 40), torch.randn(n, t, 60), 0, 1, torch.Size([60, 40]),
                           torch.Size([60]))

@@ -90,15 +90,23 @@ class BilinearLayer(LayerStatistics):
     def _materialize_is_cheaper(self) -> bool:
         return self.T * self.T * (self.din + self.dout) > self.T * self.din * self.dout
 
+    #: multiply-adds charged, beside its flops, to the path that the Gram form replaces: that path is several more
+    #: small tensor operations (the sums, their norms, the projections and their assembly), each costing 10–20 µs
+    #: inside a training step, which for a small layer outweigh its flops (the 784-1000-500-100-10 MLP's last layer:
+    #: 1.8 M multiply-adds for its Gram matrices against 0.26 M for the sums and projections, yet ≈ 0.5 ms of the
+    #: step on that path; 2 cores)
+    gram_overhead_macs: int = 1 << 22
+
     # -- statistics --------------------------------------------------------------------------------
     def gram(self, with_sums: bool = False) -> torch.Tensor | None:
         """K_{ij} = g_iᵀg_j = Σ_{t,s} (a_{i,t}·a_{j,s})(δ_{i,t}·δ_{j,s}) for the weight, Σ_{t,s} δ_{i,t}·δ_{j,s}
-        for the bias: N²T²(Din+Dout) flops, used when below what it replaces — Σ_i g_i and the projections
+        for the bias: N²T²(Din+Dout) multiply-adds, used when below what it replaces — Σ_i g_i and the projections
         g_iᵀḡ, 2·N·T·Din·Dout, or only the projections, N·T·Din·Dout, if the sums are computed anyway
-        (``with_sums``) — (e.g. T = 1 layers wider than the batch) and the (NT)² matrix is small."""
+        (``with_sums``), plus :attr:`gram_overhead_macs` for that path's extra operations — (e.g. T = 1 layers
+        wider than the batch, or small layers) and the (NT)² matrix is small."""
         n, t = self.batch_size, self.T
-        replaced = (1 if with_sums else 2) * self.din * self.dout
-        if n * t * (self.din + self.dout) >= replaced or (n * t) ** 2 > 2**24:
+        replaced = (1 if with_sums else 2) * n * t * self.din * self.dout + self.gram_overhead_macs
+        if (n * t) ** 2 * (self.din + self.dout) >= replaced or (n * t) ** 2 > 2**24:
             return None
         a = self.A.reshape(n * t, self.din)
         g = self.G.reshape(n * t, self.dout)
