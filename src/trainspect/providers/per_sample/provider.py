@@ -346,8 +346,8 @@ class PerSampleGradients(Provider):
         grams: torch.Tensor | None = None
         gram_columns: slice | list[int] = []
         if gram_blocks:
-            if len({b.device for b in gram_blocks}) > 1:  # a model spread over devices
-                gram_blocks = [b.to("cpu", torch.float64) for b in gram_blocks]
+            if len({b.device for b in gram_blocks}) > 1:  # a model spread over devices: concatenate on the CPU
+                gram_blocks = [b.cpu() for b in gram_blocks]
             grams = (gram_blocks[0] if len(gram_blocks) == 1 else torch.cat(gram_blocks)).to("cpu", torch.float64)
             gram_columns = _columns(gram_order)
             sq_norms[:, gram_columns] = grams.diagonal(dim1=1, dim2=2).T
