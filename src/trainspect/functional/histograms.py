@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 
@@ -27,9 +29,33 @@ def bin_index(values: torch.Tensor, low: float, high: float, bins: int,
     return idx.clamp_(0, bins - 1)
 
 
+# On the CPU, torch.histogram / torch.histogramdd bin with the same rule as bin_index — the quotient
+# (v − low)·bins/(high − low), corrected by a search among the neighbouring edges of the same float64 linspace —
+# in one kernel instead of a dozen tensor operations (tests/functional/test_histograms.py checks that the counts are
+# identical, values on the edges and NaN included): 16 K sampled values 447 → 259 µs, 262 K pairs in 40×50 bins
+# 27 → 12 ms (2 cores). They ignore what lies outside the range, so values are clamped into it first (Cockpit's
+# convention); NaN goes to the last bin, as with bucketize. Elsewhere (CUDA has no torch.histogram) bin_index.
+def _native(values: torch.Tensor, ranges: tuple[tuple[float, float], ...]) -> bool:
+    return values.device.type == "cpu" and all(math.isfinite(lo) and math.isfinite(hi) and hi > lo for lo, hi in ranges)
+
+
+def _clamped(values: torch.Tensor, low: float, high: float) -> torch.Tensor:
+    return values.to(torch.float64).nan_to_num(nan=high).clamp_(low, high)
+
+
+def _weights(weights: torch.Tensor | None) -> torch.Tensor | None:
+    return None if weights is None else weights.to(torch.float64)
+
+
 def weighted_histogram(values: torch.Tensor, weights: torch.Tensor | None, low: float, high: float,
                        bins: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(counts [bins] float64, edges [bins + 1]); ``weights`` = how many values each sampled value stands for."""
+    """(counts [bins] float64, edges [bins + 1]); ``weights`` = how many values each sampled value stands for.
+
+    Values outside [low, high] (and NaN, as :func:`bin_index`: the last bin) are clamped into the edge bins.
+    """
+    if _native(values, ((low, high),)):
+        h = torch.histogram(_clamped(values, low, high), bins=bins, range=(low, high), weight=_weights(weights))
+        return h.hist, h.bin_edges
     edges = torch.linspace(low, high, bins + 1, dtype=torch.float64, device=values.device)
     idx = bin_index(values, low, high, bins, edges)
     w = None if weights is None else weights.to(torch.float64)
@@ -43,6 +69,10 @@ def weighted_histogram2d(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(counts [bx, by] float64, x_edges, y_edges) of the pairs (x, y), clamped into the edge bins."""
     bx, by = bins
+    if _native(x, (x_range, y_range)):
+        h = torch.histogramdd(torch.stack([_clamped(x, *x_range), _clamped(y, *y_range)], 1), bins=[bx, by],
+                              range=[*x_range, *y_range], weight=_weights(weights))
+        return h.hist, h.bin_edges[0], h.bin_edges[1]
     ix = bin_index(x, *x_range, bx)
     iy = bin_index(y, *y_range, by)
     w = None if weights is None else weights.to(torch.float64)
