@@ -19,6 +19,7 @@ parameters, without materializing the N×D per-sample gradients where the layer'
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
@@ -176,6 +177,17 @@ class OuterPositions:
     v_index: torch.Tensor
     coords: torch.Tensor
 
+    @functools.cached_property
+    def segments(self) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        """(u_index, v_index, coords) of each segment, sliced once: positions are reused for many steps, and each
+        slice is a tensor operation of a few microseconds on every step that gathers."""
+        out, start = [], 0
+        for n, _, _, k in self.shapes:
+            stop = start + n * k
+            out.append((self.u_index[start:stop], self.v_index[start:stop], self.coords[start:stop]))
+            start = stop
+        return out
+
 
 def outer_shapes(factors: list[tuple[torch.Tensor, torch.Tensor | None]],
                  per_sample: list[int]) -> tuple[tuple[int, int, int, int], ...]:
@@ -209,14 +221,12 @@ def gather_outer_elements(factors: list[tuple[torch.Tensor, torch.Tensor | None]
                           positions: OuterPositions) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """g_{i,p}[r·C + c] = U_p[i, r]·V_p[i, c] at the drawn positions: one or two gathers per parameter.
     Returns (values, flat coordinates r·C + c) per parameter."""
-    out, start = [], 0
-    for (u, v), (n, _, _, k) in zip(factors, positions.shapes):
-        stop = start + n * k
-        values = u.reshape(-1).index_select(0, positions.u_index[start:stop])
+    out = []
+    for (u, v), (u_index, v_index, coords) in zip(factors, positions.segments):
+        values = u.reshape(-1).index_select(0, u_index)
         if v is not None:
-            values = values * v.reshape(-1).index_select(0, positions.v_index[start:stop])
-        out.append((values, positions.coords[start:stop]))
-        start = stop
+            values = values.mul_(v.reshape(-1).index_select(0, v_index))
+        out.append((values, coords))
     return out
 
 
