@@ -9,12 +9,25 @@ distributed run all-reduces the sums and then calls the same function (the one-p
 from __future__ import annotations
 
 import math
+from typing import Any
 
+import numpy as np
 import torch
 
 
 def _t(x: float | torch.Tensor) -> torch.Tensor:
     return x.to(torch.float64) if isinstance(x, torch.Tensor) else torch.tensor(float(x), dtype=torch.float64)
+
+
+def _numpy(*values: Any) -> bool:
+    """Whether the arguments are Python floats or NumPy arrays (no tensor): then the tests are computed in NumPy
+    float64, with the same IEEE results as the tensor path (0/0 = NaN, √(negative) = NaN), and return a float or
+    an array. Inside a training step a NumPy operation on a few numbers costs a fraction of a torch dispatch."""
+    return not any(isinstance(v, torch.Tensor) for v in values)
+
+
+def _result(value: Any) -> Any:
+    return float(value) if np.ndim(value) == 0 else value
 
 
 def norm_test(sum_sq_norms: float | torch.Tensor, mean_grad_sq_norm: float | torch.Tensor, n: int) -> torch.Tensor:
@@ -31,6 +44,10 @@ def norm_test(sum_sq_norms: float | torch.Tensor, mean_grad_sq_norm: float | tor
         mean_grad_sq_norm: ‖ḡ‖².
         n: N (≥ 2).
     """
+    if _numpy(sum_sq_norms, mean_grad_sq_norm):
+        with np.errstate(all="ignore"):
+            s, g2 = np.asarray(sum_sq_norms, np.float64), np.asarray(mean_grad_sq_norm, np.float64)
+            return _result(np.sqrt((s - n * g2) / (n - 1) / (n * g2)))
     s, g2 = _t(sum_sq_norms), _t(mean_grad_sq_norm)
     var = (s - n * g2) / (n - 1)
     return torch.sqrt(var / (n * g2))
@@ -51,6 +68,10 @@ def inner_product_test(
         mean_grad_sq_norm: ‖ḡ‖².
         n: N.
     """
+    if _numpy(sum_proj_sq, mean_grad_sq_norm):
+        with np.errstate(all="ignore"):
+            p2, g2 = np.asarray(sum_proj_sq, np.float64), np.asarray(mean_grad_sq_norm, np.float64)
+            return _result(np.sqrt((p2 - n * g2 * g2) / (n - 1) / (n * g2 * g2)))
     p2, g2 = _t(sum_proj_sq), _t(mean_grad_sq_norm)
     var = (p2 - n * g2 * g2) / (n - 1)
     return torch.sqrt(var / (n * g2 * g2))
@@ -66,6 +87,10 @@ def orthogonality_test(
 
     the spread of the per-sample gradients *orthogonal* to ḡ (π_i = g_iᵀḡ).
     """
+    if _numpy(sum_sq_norms, sum_proj_sq, mean_grad_sq_norm):
+        with np.errstate(all="ignore"):
+            s, p2, g2 = (np.asarray(v, np.float64) for v in (sum_sq_norms, sum_proj_sq, mean_grad_sq_norm))
+            return _result(np.sqrt((s - p2 / g2) / (n - 1) / (n * g2)))
     s, p2, g2 = _t(sum_sq_norms), _t(sum_proj_sq), _t(mean_grad_sq_norm)
     var = (s - p2 / g2) / (n - 1)
     return torch.sqrt(var / (n * g2))

@@ -11,9 +11,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-import torch
-
-from trainspect.engine.values import SeriesInfo
+from trainspect.engine.values import SeriesInfo, to_numpy
 from trainspect.functional.batch_tests import inner_product_test, norm_test, orthogonality_test
 from trainspect.instruments.base import Instrument
 
@@ -43,10 +41,11 @@ class NormTest(Instrument):
         stats = ctx.get("per_sample_grads")
         n = stats.batch_size
         _need_two(n, self.name)
-        g2 = stats.mean_grad_sq_norms
+        # NumPy float64 views of the statistics: the tests are a few operations on P numbers each
+        sq, g2 = to_numpy(stats.sum_sq_norms), to_numpy(stats.mean_grad_sq_norms)
         return {
-            "norm_test": norm_test(stats.sum_sq_norms.sum(), g2.sum(), n),
-            "layer_norm_test": norm_test(stats.sum_sq_norms, g2, n),
+            "norm_test": norm_test(float(sq.sum()), float(g2.sum()), n),
+            "layer_norm_test": norm_test(sq, g2, n),
         }
 
 
@@ -64,8 +63,8 @@ class InnerTest(Instrument):
     def compute(self, ctx: StepContext) -> dict[str, Any]:
         stats = ctx.get("per_sample_grads")
         _need_two(stats.batch_size, self.name)
-        return {"inner_test": inner_product_test(stats.sum_proj_mean_total_sq, stats.mean_grad_sq_norms.sum(),
-                                                 stats.batch_size)}
+        return {"inner_test": inner_product_test(float(to_numpy(stats.sum_proj_mean_total_sq)),
+                                                 float(to_numpy(stats.mean_grad_sq_norms).sum()), stats.batch_size)}
 
 
 class OrthoTest(Instrument):
@@ -82,6 +81,7 @@ class OrthoTest(Instrument):
     def compute(self, ctx: StepContext) -> dict[str, Any]:
         stats = ctx.get("per_sample_grads")
         _need_two(stats.batch_size, self.name)
-        value = orthogonality_test(stats.sum_sq_norms.sum(), stats.sum_proj_mean_total_sq,
-                                   stats.mean_grad_sq_norms.sum(), stats.batch_size)
-        return {"ortho_test": value.clamp_min(0) if isinstance(value, torch.Tensor) else value}
+        value = orthogonality_test(float(to_numpy(stats.sum_sq_norms).sum()),
+                                   float(to_numpy(stats.sum_proj_mean_total_sq)),
+                                   float(to_numpy(stats.mean_grad_sq_norms).sum()), stats.batch_size)
+        return {"ortho_test": 0.0 if value < 0 else value}  # (NaN stays NaN)

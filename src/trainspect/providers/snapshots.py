@@ -106,34 +106,57 @@ def difference_norms(a: list[torch.Tensor], b: list[torch.Tensor],
     if not a:
         empty = torch.zeros(0, dtype=torch.float64)
         return empty, (empty if with_norms else None)
-    out: list[torch.Tensor | None] = [None] * len(a)
-    norms: list[torch.Tensor | None] = [None] * len(a)
+    # the blocks' squared norms of every large tensor and the small tensors' norms are read back in one stack each,
+    # and the square roots and float64 sums taken in Python: each tensor operation costs microseconds inside a
+    # training step, so this does a fixed handful besides the blocks' subtractions and dots
+    distances: list[float | torch.Tensor] = [0.0] * len(a)
+    own_norms: list[float | torch.Tensor] = [0.0] * len(a)
+    squares: list[torch.Tensor] = []
+    owners: list[tuple[int, int]] = []  # (0: distance, 1: own norm; tensor index) of each square
+    rest: list[int] = []
     block: torch.Tensor | None = None
     for i, (x, y) in enumerate(zip(a, b)):
         if not (_dottable(x) and x.device.type == "cpu" and y.dtype == x.dtype and y.is_contiguous()):
+            rest.append(i)
             continue
         fx, fy = x.view(-1), y.view(-1)
         if block is None or block.dtype != x.dtype:
             block = torch.empty(_BLOCK, dtype=x.dtype)
-        squares, own = [], []
-        for start in range(0, fx.numel(), _BLOCK):
-            stop = min(start + _BLOCK, fx.numel())
-            d = torch.sub(fx[start:stop], fy[start:stop], out=block[:stop - start])
+        numel = fx.numel()
+        for start in range(0, numel, _BLOCK):
+            stop = min(start + _BLOCK, numel)
+            part = fx[start:stop]
+            d = torch.sub(part, fy[start:stop], out=block[:stop - start])
             squares.append(torch.dot(d, d))
+            owners.append((0, i))
             if with_norms:
-                own.append(torch.dot(fx[start:stop], fx[start:stop]))
-        out[i] = torch.stack(squares).to(torch.float64).sum().sqrt()
-        if with_norms:
-            norms[i] = torch.stack(own).to(torch.float64).sum().sqrt()
-    rest = [i for i, v in enumerate(out) if v is None]
+                squares.append(torch.dot(part, part))
+                owners.append((1, i))
+    targets = (distances, own_norms)
+    if squares:
+        sums = [0.0] * (2 * len(a))
+        for (kind, i), value in zip(owners, _stack64(squares).tolist()):
+            sums[kind * len(a) + i] += value  # float64 sums of the blocks' squares
+        for kind, i in owners:
+            targets[kind][i] = math.sqrt(sums[kind * len(a) + i])
     if rest:
+        on_cpu = all(a[i].device.type == "cpu" for i in rest)
         differences = torch._foreach_sub([a[i] for i in rest], [b[i] for i in rest])
-        for i, norm in zip(rest, torch._foreach_norm(differences)):
-            out[i] = norm.to(torch.float64)
+        parts = [(distances, torch._foreach_norm(differences))]
         if with_norms:
-            for i, norm in zip(rest, _norm_list([a[i] for i in rest])):
-                norms[i] = norm.to(torch.float64)
-    return torch.stack(out), (torch.stack(norms) if with_norms else None)  # type: ignore[arg-type]
+            parts.append((own_norms, _norm_list([a[i] for i in rest])))
+        for target, values in parts:
+            # on the CPU read back at once; elsewhere left on the device (no synchronization here)
+            for i, v in zip(rest, _stack64(values).tolist() if on_cpu else [v.to(torch.float64) for v in values]):
+                target[i] = v
+    return _vector(distances), (_vector(own_norms) if with_norms else None)
+
+
+def _vector(values: list[float | torch.Tensor]) -> torch.Tensor:
+    """A float64 vector from Python floats (one tensor creation) or, if some values are device tensors, a stack."""
+    if all(type(v) is float for v in values):
+        return torch.tensor(values, dtype=torch.float64)
+    return torch.stack([v if isinstance(v, torch.Tensor) else torch.tensor(v, dtype=torch.float64) for v in values])
 
 
 class Gradients(Provider):

@@ -31,6 +31,11 @@ def concat_positions(tensors: list[torch.Tensor]) -> torch.Tensor:
     return tensors[0] if len(tensors) == 1 else torch.cat(tensors, 1)
 
 
+def _as(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """``t.to(dtype)``, without the call when it is already of that dtype (the usual case)."""
+    return t if t.dtype == dtype else t.to(dtype)
+
+
 class BilinearLayer(LayerStatistics):
     """Per-sample statistics of a weight (Dout×Din after reshaping) and an optional bias.
 
@@ -67,6 +72,10 @@ class BilinearLayer(LayerStatistics):
             self.shapes.append(bias_shape)
             self.roles.append("bias")
         self._bias_grads: torch.Tensor | None = None
+        # the positions flattened, [N·T, D], once: gram, project, sum_grads and the element gathers all use them (every
+        # reshape is a tensor operation of a few microseconds inside a training step)
+        self.A2 = inputs.reshape(-1, self.din)
+        self.G2 = grad_outputs.reshape(-1, self.dout)
 
     # -- helpers ---------------------------------------------------------------------------------
     @property
@@ -74,7 +83,7 @@ class BilinearLayer(LayerStatistics):
         """Per-sample bias gradients Σ_t δ_{i,t}, [N, Dout] (small, so kept)."""
         if self._bias_grads is None:
             # one position: δ_i itself (a view, no summing copy)
-            self._bias_grads = self.G[:, 0] if self.T == 1 else self.G.sum(1)
+            self._bias_grads = self.G2 if self.T == 1 else self.G.sum(1)
         return self._bias_grads
 
     def _chunk_size(self) -> int:
@@ -108,8 +117,7 @@ class BilinearLayer(LayerStatistics):
         replaced = (1 if with_sums else 2) * n * t * self.din * self.dout + self.gram_overhead_macs
         if (n * t) ** 2 * (self.din + self.dout) >= replaced or (n * t) ** 2 > 2**24:
             return None
-        a = self.A.reshape(n * t, self.din)
-        g = self.G.reshape(n * t, self.dout)
+        a, g = self.A2, self.G2
         kg = g @ g.T
         out = []
         for role in self.roles:
@@ -124,7 +132,7 @@ class BilinearLayer(LayerStatistics):
         out = []
         for role, shape in zip(self.roles, self.shapes):
             if role == "weight":
-                out.append((self.G.reshape(-1, self.dout).T @ self.A.reshape(-1, self.din)).reshape(shape))
+                out.append((self.G2.T @ self.A2).reshape(shape))
             else:
                 out.append(self.bias_grads.sum(0).reshape(shape))
         return out
@@ -135,7 +143,7 @@ class BilinearLayer(LayerStatistics):
             if role == "bias":
                 cols.append(self.bias_grads.square().sum(1))
             elif self.T == 1:
-                cols.append(self.A[:, 0].square().sum(1) * self.G[:, 0].square().sum(1))
+                cols.append(self.A2.square().sum(1) * self.G2.square().sum(1))
             elif self._materialize_is_cheaper():
                 cols.append(torch.cat([w.square().sum((1, 2)) for w in self._weight_blocks()]))
             else:
@@ -150,7 +158,7 @@ class BilinearLayer(LayerStatistics):
             if role == "bias":
                 out.append(self.bias_grads.square().sum(0).reshape(shape))
             elif self.T == 1:
-                out.append((self.G[:, 0].square().T @ self.A[:, 0].square()).reshape(shape))
+                out.append((self.G2.square().T @ self.A2.square()).reshape(shape))
             else:
                 total = None
                 for w in self._weight_blocks():
@@ -164,20 +172,21 @@ class BilinearLayer(LayerStatistics):
         # operation costs microseconds inside a training step)
         single = len(directions) == 1
         cols = []
+        dtype = self.G.dtype
         for local, role in enumerate(self.roles):
             if role == "bias":
                 if single:
-                    cols.append(self.bias_grads @ directions[0][local].reshape(-1).to(self.G.dtype))
+                    cols.append(self.bias_grads @ _as(directions[0][local].reshape(-1), dtype))
                 else:
-                    v = torch.stack([d[local].reshape(-1) for d in directions], 1).to(self.G.dtype)  # [Dout, K]
+                    v = _as(torch.stack([d[local].reshape(-1) for d in directions], 1), dtype)  # [Dout, K]
                     cols.append(self.bias_grads @ v)
             else:
                 # p_i = Σ_t δ_{i,t}ᵀ V a_{i,t}: one [N·T, Din]×[Din, Dout] product per direction (no copy of V)
-                a = self.A.reshape(-1, self.din)
-                g = self.G.reshape(-1, self.dout)
+                a, g = self.A2, self.G2
                 per_dir = []
                 for d in directions:
-                    av = a @ d[local].reshape(self.dout, self.din).to(a.dtype).T
+                    av = a @ _as(d[local].view(self.dout, self.din) if d[local].is_contiguous()
+                                 else d[local].reshape(self.dout, self.din), a.dtype).T
                     if self.T == 1:  # one row per sample: a row-wise dot, no [N, Dout] product
                         per_dir.append(torch.linalg.vecdot(av, g))
                     else:
@@ -195,8 +204,8 @@ class BilinearLayer(LayerStatistics):
     def _weight_elements(self, samples: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
         """g_i[o, k] = Σ_t δ_{i,t}[o] a_{i,t}[k] at the pairs (samples, rows o, cols k)."""
         if self.T == 1:  # flat index_select gathers are several times faster than 2-D advanced indexing on CPU
-            return (self.G.reshape(-1).index_select(0, torch.add(rows, samples, alpha=self.dout))
-                    * self.A.reshape(-1).index_select(0, torch.add(cols, samples, alpha=self.din)))
+            return (self.G2.reshape(-1).index_select(0, torch.add(rows, samples, alpha=self.dout))
+                    * self.A2.reshape(-1).index_select(0, torch.add(cols, samples, alpha=self.din)))
         out = torch.empty(samples.shape[0], dtype=self.A.dtype, device=self.A.device)
         step = max(1, (2**24) // max(self.T, 1))  # bound the [S, T] gather
         for s in range(0, samples.shape[0], step):
@@ -217,12 +226,12 @@ class BilinearLayer(LayerStatistics):
     def outer_factors(self, local: int) -> tuple[torch.Tensor, torch.Tensor | None] | None:
         if self.roles[local] == "bias":
             if self.T == 1 and self.G.is_contiguous():  # Σ_t δ_{i,t} is δ_i itself: no sum needed
-                return self.G.reshape(self.batch_size, self.dout), None
+                return self.G2, None
             b = self.bias_grads
             return (b, None) if b.is_contiguous() else None
         if self.T != 1 or not (self.G.is_contiguous() and self.A.is_contiguous()):
             return None
-        return self.G.reshape(self.batch_size, self.dout), self.A.reshape(self.batch_size, self.din)
+        return self.G2, self.A2  # T = 1: [N, Dout] and [N, Din]
 
     def chunks(self, local: int) -> Iterator[torch.Tensor]:
         if self.roles[local] == "bias":
