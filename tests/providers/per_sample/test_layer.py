@@ -90,3 +90,40 @@ def test_a_handlers_own_sampling_uses_its_factors_and_positions_their_own_draw()
             samples = torch.arange(n).repeat_interleave(k)
             assert values.shape == coords.shape == (n * k,)
             torch.testing.assert_close(values, full[samples, coords])
+
+
+def test_a_scaled_handler_equals_one_built_on_scaled_output_gradients():
+    """BilinearLayer(A, Δ, scale=s) applies s to its results (s² to the quadratic ones) instead of to Δ: every
+    statistic must equal that of BilinearLayer(A, s·Δ), in float64, for one position and for several."""
+    torch.manual_seed(0)
+    n, din, dout, s = 6, 5, 4, 6.0
+    for t in (1, 3):
+        a = torch.randn(n, t, din, dtype=torch.float64)
+        g = torch.randn(n, t, dout, dtype=torch.float64)
+        shapes = (torch.Size([dout, din]), torch.Size([dout]))
+        folded = BilinearLayer(a, g, 0, 1, *shapes, scale=s)
+        reference = BilinearLayer(a, g * s, 0, 1, *shapes)
+        folded.gram_overhead_macs = reference.gram_overhead_macs = 1 << 40  # take the Gram form here
+        torch.testing.assert_close(folded.gram(), reference.gram(), rtol=1e-12, atol=0)
+        for ours, theirs in zip(folded.sum_grads(), reference.sum_grads()):
+            torch.testing.assert_close(ours, theirs, rtol=1e-12, atol=0)
+        torch.testing.assert_close(folded.sq_norms(), reference.sq_norms(), rtol=1e-12, atol=0)
+        for ours, theirs in zip(folded.sum_grads_squared(), reference.sum_grads_squared()):
+            torch.testing.assert_close(ours, theirs, rtol=1e-12, atol=0)
+        directions = [[torch.randn(dout, din, dtype=torch.float64), torch.randn(dout, dtype=torch.float64)]
+                      for _ in range(2)]
+        torch.testing.assert_close(folded.project(directions), reference.project(directions), rtol=1e-12, atol=0)
+        torch.testing.assert_close(folded.project(directions[:1]), reference.project(directions[:1]),
+                                   rtol=1e-12, atol=0)
+        samples, coords = torch.arange(n).repeat_interleave(3), torch.randint(0, din * dout, (3 * n,))
+        for local in (0, 1):
+            c = coords % shapes[local].numel()
+            torch.testing.assert_close(folded.elements(local, samples, c), reference.elements(local, samples, c))
+            ours = folded.sample_elements(local, 12, torch.Generator().manual_seed(4), torch.device("cpu"))
+            theirs = reference.sample_elements(local, 12, torch.Generator().manual_seed(4), torch.device("cpu"))
+            torch.testing.assert_close(ours, theirs)
+            torch.testing.assert_close(next(folded.chunks(local)), next(reference.chunks(local)))
+            factors = folded.outer_factors(local)
+            if factors is not None:
+                torch.testing.assert_close(folded.outer_scale(local) * _explicit(*factors),
+                                           next(reference.chunks(local)).reshape(n, -1))

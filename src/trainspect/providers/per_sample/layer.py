@@ -11,9 +11,9 @@ parameters, without materializing the N×D per-sample gradients where the layer'
 * ``project(dirs)``        g_{i,p}ᵀ v_{p}  for each direction ([N, k, K])
 * ``elements(p, i, c)``    g_{i,p}[c] for sampled (sample, coordinate) pairs (1-D)
 * ``sample_elements(p, S)`` S elements at uniformly drawn (sample, coordinate) pairs (and the coordinates)
-* ``outer_factors(p)``     (U, V) with g_{i,p}[r·C + c] = U[i, r]·V[i, c] (V None: g_{i,p} = U[i]), when the
+* ``outer_factors(p)``     (U, V) with g_{i,p}[r·C + c] = s·U[i, r]·V[i, c] (V None: g_{i,p} = s·U[i]), when the
                            per-sample gradients have that form: many parameters' elements are then sampled in
-                           one batch (:func:`sample_outer_elements`)
+                           one batch (:func:`sample_outer_elements`); s is ``outer_scale(p)`` (default 1)
 * ``chunks(p)``            the per-sample gradients of θ_p, a few samples at a time (exact histograms)
 """
 
@@ -128,7 +128,9 @@ class LayerStatistics:
         """
         factors = self.outer_factors(local)
         if factors is not None:
-            return sample_outer_elements([factors], [-(-count // self.batch_size)], generator)[0]
+            values, coords = sample_outer_elements([factors], [-(-count // self.batch_size)], generator)[0]
+            scale = self.outer_scale(local)
+            return (values.mul_(scale) if scale != 1.0 else values), coords
         numel = self.shapes[local].numel()
         samples = stratified_samples(self.batch_size, count, device)
         coords = uniform_indices(generator, numel, samples.shape[0], device)
@@ -142,6 +144,11 @@ class LayerStatistics:
         contiguous; None if this parameter's per-sample gradients are not of that form (then
         :meth:`sample_elements` draws its elements)."""
         return None
+
+    def outer_scale(self, local: int) -> float:
+        """The factor s of :meth:`outer_factors` (a fast path may keep its factors unscaled: the loss reduction's
+        N is then applied to the few sampled elements instead of to a whole factor)."""
+        return 1.0
 
 
 _OUTER_PLANS: dict[tuple, tuple[torch.Tensor, ...]] = {}

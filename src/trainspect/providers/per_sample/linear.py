@@ -35,10 +35,11 @@ def build_linear(
     calls = record.complete_calls()
     n = calls[0].inputs.shape[0]
     a = _cat([_positions(c.inputs, n) for c in calls])
-    g = workspace.scaled((record.name, "grad_output"), _cat([_positions(c.grad_output, n) for c in calls]), scale)
+    g = _cat([_positions(c.grad_output, n) for c in calls])  # unscaled: BilinearLayer applies the scale to results
     w, b = module.weight, module.bias
     t = a.shape[1]
     if t > 1 and n * w.numel() * w.element_size() <= memory_cap:
+        g = workspace.scaled((record.name, "grad_output"), g, scale)
         # sequences: the N per-sample weight gradients (one batched matmul, the cost of the weight gradient)
         # are small next to the N·T activations; every statistic is then a cheap pass over them
         indices, shapes, grads = [], [], []
@@ -55,5 +56,5 @@ def build_linear(
     return BilinearLayer(
         a, g,
         index_of.get(id(w)), index_of.get(id(b)) if b is not None else None,
-        w.shape, b.shape if b is not None else None, memory_cap,
+        w.shape, b.shape if b is not None else None, memory_cap, scale,
     )

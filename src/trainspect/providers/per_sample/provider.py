@@ -409,7 +409,7 @@ class PerSampleGradients(Provider):
         floor = self.histogram_min_samples if per_layer else self.histogram_global_min_samples
         drawn: list[tuple[torch.Tensor, torch.Tensor] | None] = []  # (values, coordinates) per parameter
         layer_ids, totals = [], []
-        outer: list[tuple[int, tuple[torch.Tensor, torch.Tensor | None], int]] = []  # sampled together below
+        outer: list[tuple[int, tuple[torch.Tensor, torch.Tensor | None], int, float]] = []  # sampled together below
         for h in layers.handlers:
             for loc, idx in enumerate(h.param_indices):
                 numel = numels[idx]
@@ -424,16 +424,16 @@ class PerSampleGradients(Provider):
                     continue
                 factors = h.outer_factors(loc)
                 if factors is not None and factors[0].device == dev:
-                    outer.append((len(drawn), factors, -(-budget // n)))
+                    outer.append((len(drawn), factors, -(-budget // n), h.outer_scale(loc)))
                     drawn.append(None)
                 else:
                     drawn.append(h.sample_elements(loc, budget, gen, dev))
         if outer:
-            factors = [f for _, f, _ in outer]
-            positions = self._outer_positions(outer_shapes(factors, [k for *_, k in outer]), ctx.step,
+            factors = [f for _, f, _, _ in outer]
+            positions = self._outer_positions(outer_shapes(factors, [k for _, _, k, _ in outer]), ctx.step,
                                               factors[0][0].device)
-            for (pos, _, _), pair in zip(outer, gather_outer_elements(factors, positions)):
-                drawn[pos] = pair
+            for (pos, _, _, scale), (values, coords) in zip(outer, gather_outer_elements(factors, positions)):
+                drawn[pos] = (values.mul_(scale) if scale != 1.0 else values), coords
         values, pvals, counts = [], [], []
         for idx, (v, coords) in zip(layer_ids, drawn):  # type: ignore[misc]
             values.append(v)
