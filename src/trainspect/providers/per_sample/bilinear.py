@@ -32,8 +32,8 @@ def concat_positions(tensors: list[torch.Tensor]) -> torch.Tensor:
 
 
 def _scaled(t: torch.Tensor, scale: float) -> torch.Tensor:
-    """t·scale (t itself where scale is 1); t is a fresh result, never the captured tensors."""
-    return t if scale == 1.0 else t * scale
+    """t·scale, in place: t must be a fresh result of this handler, never a captured tensor or a view of one."""
+    return t if scale == 1.0 else t.mul_(scale)
 
 
 def _as(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -251,7 +251,7 @@ class BilinearLayer(LayerStatistics):
 
     def chunks(self, local: int) -> Iterator[torch.Tensor]:
         if self.roles[local] == "bias":
-            yield _scaled(self.bias_grads, self.scale)
+            yield self.bias_grads * self.scale if self.scale != 1.0 else self.bias_grads  # (may be Δ itself)
             return
         shape = self.shapes[local]
         for w in self._weight_blocks():
