@@ -137,7 +137,7 @@ def difference_norms(a: list[torch.Tensor], b: list[torch.Tensor],
         sums = [0.0] * (2 * len(a))
         for (kind, i), value in zip(owners, _stack64(squares).tolist()):
             sums[kind * len(a) + i] += value  # float64 sums of the blocks' squares
-        for kind, i in owners:
+        for kind, i in set(owners):
             targets[kind][i] = math.sqrt(sums[kind * len(a) + i])
     if rest:
         on_cpu = all(a[i].device.type == "cpu" for i in rest)

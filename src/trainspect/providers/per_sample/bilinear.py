@@ -198,8 +198,7 @@ class BilinearLayer(LayerStatistics):
                 a, g = self.A2, self.G2
                 per_dir = []
                 for d in directions:
-                    av = a @ _as(d[local].view(self.dout, self.din) if d[local].is_contiguous()
-                                 else d[local].reshape(self.dout, self.din), a.dtype).T
+                    av = a @ _as(d[local].reshape(self.dout, self.din), a.dtype).T
                     if self.T == 1:  # one row per sample: a row-wise dot, no [N, Dout] product
                         per_dir.append(torch.linalg.vecdot(av, g))
                     else:
